@@ -1,0 +1,258 @@
+//! Verdicts: what happens to each delivered event.
+//!
+//! The relay hands this module batches of deliveries; for each delivery it
+//! gets back exactly one verdict, ack or nack, and nothing else decides one.
+//! Events of other types and links whose target is gone are acked and
+//! ignored. Orders are decoded and written; a transient database failure is
+//! retried in place for a while and then handed back to the server with a
+//! Nack Retry; an event that can never be written (poison) is recorded in
+//! `dead_letters` first and then nacked with the configured action, so it
+//! is never lost and never blocks the stream.
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tracing::{debug, error, warn};
+use uuid::Uuid;
+
+use crate::config::{PoisonAction, RelaySettings};
+use crate::order::{self, DecodeLimits, Order, Poison};
+use crate::source::{Delivery, Nack};
+use crate::store::{DeadLetter, EventSource, Store, StoreError};
+
+/// The outcome for one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done with it: written, already written, or not ours.
+    Ack,
+    /// Hand it back with this action and reason.
+    Nack(Nack, String),
+}
+
+/// A verdict and the id the server needs to apply it.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// The id to ack or nack (the link's id for resolved links).
+    pub ack_id: Uuid,
+    /// What to tell the server.
+    pub verdict: Verdict,
+}
+
+/// Decides verdicts and performs the writes behind them.
+pub struct Handler {
+    store: Store,
+    event_type: String,
+    limits: DecodeLimits,
+    poison: Nack,
+    write_retry: Duration,
+}
+
+/// An order ready to be written, with where it came from.
+struct Pending {
+    delivery: Delivery,
+    order: Order,
+}
+
+impl Handler {
+    /// A handler writing to `store` the events of `event_type`.
+    pub fn new(store: Store, event_type: &str, settings: &RelaySettings) -> Self {
+        let poison = match settings.poison_action {
+            PoisonAction::Skip => Nack::Skip,
+            PoisonAction::Park => Nack::Park,
+        };
+        Handler {
+            store,
+            event_type: event_type.to_string(),
+            limits: DecodeLimits {
+                max_bytes: settings.max_event_bytes,
+                ..DecodeLimits::default()
+            },
+            poison,
+            write_retry: Duration::from_millis(settings.write_retry_ms),
+        }
+    }
+
+    /// One verdict per delivery, in no particular order.
+    pub async fn handle(&self, batch: Vec<Delivery>) -> Vec<Settled> {
+        let mut settled = Vec::with_capacity(batch.len());
+        let mut pending = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match self.decode(&delivery) {
+                Decoded::Ignore => settled.push(ack(&delivery)),
+                Decoded::Order(order) => pending.push(Pending { delivery, order }),
+                Decoded::Poison(poison) => {
+                    settled.push(self.give_up(&delivery, &poison).await);
+                }
+            }
+        }
+        self.write(pending, &mut settled).await;
+        settled
+    }
+
+    fn decode(&self, delivery: &Delivery) -> Decoded {
+        if !delivery.resolved {
+            warn!(
+                event_id = %delivery.event_id,
+                position = delivery.position,
+                "link target missing; ignoring"
+            );
+            return Decoded::Ignore;
+        }
+        if delivery.event_type != self.event_type {
+            debug!(
+                event_id = %delivery.event_id,
+                event_type = %delivery.event_type,
+                "not an order; ignoring"
+            );
+            return Decoded::Ignore;
+        }
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            order::decode(
+                &delivery.content_type,
+                &delivery.data,
+                &delivery.stream,
+                &self.limits,
+            )
+        }));
+        match decoded {
+            Ok(Ok(order)) => Decoded::Order(order),
+            Ok(Err(poison)) => Decoded::Poison(poison),
+            Err(_) => Decoded::Poison(Poison::handler_panicked()),
+        }
+    }
+
+    /// Writes the batch in one transaction; on a permanent failure, splits
+    /// it so that only the event at fault is given up.
+    async fn write(&self, pending: Vec<Pending>, settled: &mut Vec<Settled>) {
+        if pending.is_empty() {
+            return;
+        }
+        let rows: Vec<(&Order, EventSource)> =
+            pending.iter().map(|p| (&p.order, source_of(&p.delivery))).collect();
+        let result = self.with_retry(|| self.store.upsert_orders(&rows)).await;
+        match result {
+            Ok(_) => {
+                for p in &pending {
+                    debug!(
+                        event_id = %p.delivery.event_id,
+                        order_id = %p.order.order_id,
+                        "order written"
+                    );
+                    settled.push(ack(&p.delivery));
+                }
+            }
+            Err(e) if e.is_transient() => {
+                warn!(
+                    error = %e,
+                    events = pending.len(),
+                    "database unavailable; handing events back for retry"
+                );
+                let reason = format!("transient: {e}");
+                for p in &pending {
+                    settled.push(nack(&p.delivery, Nack::Retry, &reason));
+                }
+            }
+            Err(e) if pending.len() > 1 => {
+                debug!(error = %e, "batch rejected; writing one by one");
+                for p in pending {
+                    Box::pin(self.write(vec![p], settled)).await;
+                }
+            }
+            Err(e) => {
+                let p = &pending[0];
+                let poison = Poison::rejected_by_database(&e);
+                settled.push(self.give_up(&p.delivery, &poison).await);
+            }
+        }
+    }
+
+    /// Records a poison event, then nacks it with the configured action. If
+    /// it cannot be recorded, it is handed back for retry instead, so that
+    /// nothing is lost.
+    async fn give_up(&self, delivery: &Delivery, poison: &Poison) -> Settled {
+        let letter = DeadLetter {
+            event_id: delivery.event_id,
+            stream: &delivery.stream,
+            position: delivery.position,
+            event_type: &delivery.event_type,
+            reason: poison.reason.code(),
+            detail: &poison.detail,
+            content_type: &delivery.content_type,
+            payload: &delivery.data,
+        };
+        let recorded = self.with_retry(|| self.store.record_dead_letter(&letter)).await;
+        if let Err(e) = recorded {
+            warn!(
+                event_id = %delivery.event_id,
+                error = %e,
+                "could not record poison event; handing it back for retry"
+            );
+            return nack(delivery, Nack::Retry, &format!("transient: {e}"));
+        }
+        error!(
+            event_id = %delivery.event_id,
+            stream = %delivery.stream,
+            revision = delivery.revision,
+            position = delivery.position,
+            retry_count = delivery.retry_count,
+            reason = poison.reason.code(),
+            detail = %poison.detail,
+            action = ?self.poison,
+            "poison event given up"
+        );
+        nack(delivery, self.poison, &poison.to_string())
+    }
+
+    /// Runs `op` until it succeeds, fails permanently, or transient failures
+    /// have lasted longer than the configured write-retry time.
+    async fn with_retry<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let started = Instant::now();
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() && started.elapsed() < self.write_retry => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                    debug!(error = %e, ?delay, "transient database error; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+enum Decoded {
+    Ignore,
+    Order(Order),
+    Poison(Poison),
+}
+
+fn source_of(delivery: &Delivery) -> EventSource {
+    EventSource {
+        event_id: delivery.event_id,
+        stream: delivery.stream.clone(),
+        revision: delivery.revision,
+        position: delivery.position,
+    }
+}
+
+fn ack(delivery: &Delivery) -> Settled {
+    Settled { ack_id: delivery.ack_id, verdict: Verdict::Ack }
+}
+
+fn nack(delivery: &Delivery, action: Nack, reason: &str) -> Settled {
+    Settled {
+        ack_id: delivery.ack_id,
+        verdict: Verdict::Nack(action, reason.to_string()),
+    }
+}

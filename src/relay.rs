@@ -1,0 +1,315 @@
+//! The relay's lifecycle: start, subscribe, consume, reconnect, stop.
+//!
+//! [`run`] prepares PostgreSQL, then keeps one subscription to the consumer
+//! group alive until it is told to stop. Each subscription is a *session*:
+//! one task reads deliveries and sends acks and nacks (the client needs
+//! exclusive access to the subscription for both), while a writer task
+//! gathers deliveries into batches and asks the [`Handler`] for verdicts.
+//! When a session ends for any reason other than a stop, the relay waits
+//! with capped, jittered exponential backoff and starts a new one with a new
+//! client.
+//!
+//! On a stop, the relay takes no more events, lets the writer finish the
+//! batch it has, sends those verdicts, and leaves the group. Events the
+//! server had already pushed but the relay had not read are redelivered to
+//! another member (or to this relay after a restart).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::FutureExt;
+use kurrentdb::{PersistentSubscription, PersistentSubscriptionEvent};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::{Masked, Settings};
+use crate::handler::{Handler, Settled, Verdict};
+use crate::shutdown::Stop;
+use crate::source::{self, Delivery, Nack, SourceError};
+use crate::store::{Store, StoreError};
+
+/// Why the relay stopped without being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// KurrentDB refused something retrying cannot fix.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// PostgreSQL could not be prepared.
+    #[error("postgres: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A subscription that lasted at least this long resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// How long to let queued acks reach the server before leaving the group.
+const ACK_FLUSH: Duration = Duration::from_millis(200);
+
+/// Runs the relay until `stop` completes, then returns once in-flight events
+/// are settled.
+pub async fn run(
+    settings: Settings,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RelayError> {
+    let mut stop = Stop::on(stop);
+    let store = Store::connect(
+        &settings.postgres.url,
+        settings.postgres.pool_size,
+        Duration::from_millis(settings.postgres.connect_timeout_ms),
+    )?;
+    if settings.postgres.migrate && !prepare(&store, &settings, &mut stop).await? {
+        info!("stopped");
+        return Ok(());
+    }
+    let handler = Arc::new(Handler::new(
+        store,
+        &settings.kurrentdb.event_type,
+        &settings.relay,
+    ));
+    let mut delays = reconnect_backoff(&settings);
+    while !stop.is_requested() {
+        let started = Instant::now();
+        match session(&settings, &handler, &mut stop).await {
+            Ok(End::Stopped) => break,
+            Ok(End::Dropped(reason)) => {
+                warn!(%reason, "subscription dropped; resubscribing");
+            }
+            Err(e) if !e.is_retryable() => return Err(e.into()),
+            Err(e) => warn!(error = %e, "cannot subscribe yet; retrying"),
+        }
+        if started.elapsed() >= HEALTHY_SESSION {
+            delays = reconnect_backoff(&settings);
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.requested() => {}
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Applies migrations, waiting for PostgreSQL if it is not up yet.
+/// Returns false if a stop came first.
+async fn prepare(
+    store: &Store,
+    settings: &Settings,
+    stop: &mut Stop,
+) -> Result<bool, RelayError> {
+    let mut delays = reconnect_backoff(settings);
+    loop {
+        match store.migrate().await {
+            Ok(()) => {
+                info!(postgres = %Masked(&settings.postgres.url), "schema ready");
+                return Ok(true);
+            }
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "postgres unavailable; waiting");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.requested() => return Ok(false),
+        }
+    }
+}
+
+fn reconnect_backoff(settings: &Settings) -> impl Iterator<Item = Duration> {
+    let k = &settings.kurrentdb;
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(k.reconnect_initial_ms))
+        .with_max_delay(Duration::from_millis(k.reconnect_max_ms))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// How a session ended.
+enum End {
+    /// A stop was requested and in-flight events were settled.
+    Stopped,
+    /// The subscription broke; the reason is for the log.
+    Dropped(String),
+}
+
+/// Connects, joins the group and consumes until the subscription ends.
+async fn session(
+    settings: &Settings,
+    handler: &Arc<Handler>,
+    stop: &mut Stop,
+) -> Result<End, SourceError> {
+    let k = &settings.kurrentdb;
+    let client = source::connect(k)?;
+    if k.create_group && source::ensure_group(&client, k).await? {
+        info!(stream = %k.stream, group = %k.group, "consumer group created");
+    }
+    let subscription = source::subscribe(&client, k).await?;
+    info!(
+        stream = %k.stream,
+        group = %k.group,
+        kurrentdb = %Masked(&k.connection_string),
+        buffer_size = k.buffer_size,
+        "subscribed"
+    );
+    Ok(consume(subscription, settings, handler, stop).await)
+}
+
+/// The session's reading and settling loop.
+async fn consume(
+    mut subscription: PersistentSubscription,
+    settings: &Settings,
+    handler: &Arc<Handler>,
+    stop: &mut Stop,
+) -> End {
+    let (work_tx, work_rx) = mpsc::channel(settings.kurrentdb.buffer_size);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_batches(
+        handler.clone(),
+        work_rx,
+        done_tx,
+        settings.relay.batch_size,
+        Duration::from_millis(settings.relay.linger_ms),
+    ));
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = stop.requested() => break End::Stopped,
+            Some(settled) = done_rx.recv() => {
+                if let Err(e) = settle(&mut subscription, settled).await {
+                    break End::Dropped(e.to_string());
+                }
+            }
+            next = next_delivery(&mut subscription) => match next {
+                Ok(Some(delivery)) => {
+                    if work_tx.send(delivery).await.is_err() {
+                        break End::Dropped("writer stopped".into());
+                    }
+                }
+                Ok(None) => {}
+                Err(reason) => break End::Dropped(reason),
+            },
+        }
+    };
+
+    drop(work_tx);
+    if let End::Stopped = end {
+        finish(&mut subscription, &mut done_rx, settings).await;
+    }
+    writer.abort();
+    end
+}
+
+/// After a stop: waits for the writer's last verdicts (up to the shutdown
+/// timeout) and sends them.
+async fn finish(
+    subscription: &mut PersistentSubscription,
+    done_rx: &mut mpsc::UnboundedReceiver<Vec<Settled>>,
+    settings: &Settings,
+) {
+    let deadline = Duration::from_millis(settings.relay.shutdown_timeout_ms);
+    let drained = tokio::time::timeout(deadline, async {
+        while let Some(settled) = done_rx.recv().await {
+            if let Err(e) = settle(subscription, settled).await {
+                warn!(error = %e, "could not send final acks");
+                return;
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!("shutdown timeout reached; unsettled events will be redelivered");
+    }
+    tokio::time::sleep(ACK_FLUSH).await;
+    info!("left the consumer group");
+}
+
+/// Reads the next delivery. `Ok(None)` for messages that are not events.
+///
+/// The client panics when a server ends the stream without an error; that
+/// is caught here and treated like any other dropped subscription.
+async fn next_delivery(
+    subscription: &mut PersistentSubscription,
+) -> Result<Option<Delivery>, String> {
+    let next = AssertUnwindSafe(subscription.next_subscription_event())
+        .catch_unwind()
+        .await;
+    match next {
+        Ok(Ok(PersistentSubscriptionEvent::EventAppeared { event, retry_count })) => {
+            let delivery = Delivery::from_resolved(&event, retry_count);
+            debug!(
+                event_id = %delivery.event_id,
+                stream = %delivery.stream,
+                position = delivery.position,
+                retry_count,
+                "event received"
+            );
+            Ok(Some(delivery))
+        }
+        Ok(Ok(PersistentSubscriptionEvent::Confirmed(id))) => {
+            debug!(subscription_id = %id, "subscription confirmed");
+            Ok(None)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the client panicked reading the subscription".into()),
+    }
+}
+
+/// Sends verdicts: all acks in one message, nacks grouped by action and
+/// reason.
+async fn settle(
+    subscription: &mut PersistentSubscription,
+    settled: Vec<Settled>,
+) -> kurrentdb::Result<()> {
+    let mut acks = Vec::new();
+    let mut nacks: Vec<(Nack, String, Vec<uuid::Uuid>)> = Vec::new();
+    for s in settled {
+        match s.verdict {
+            Verdict::Ack => acks.push(s.ack_id),
+            Verdict::Nack(action, reason) => {
+                match nacks.iter_mut().find(|(a, r, _)| *a == action && *r == reason) {
+                    Some((_, _, ids)) => ids.push(s.ack_id),
+                    None => nacks.push((action, reason, vec![s.ack_id])),
+                }
+            }
+        }
+    }
+    if !acks.is_empty() {
+        subscription.ack_ids(acks).await?;
+    }
+    for (action, reason, ids) in nacks {
+        subscription.nack_ids(ids, action.action(), reason).await?;
+    }
+    Ok(())
+}
+
+/// The writer: gathers deliveries into batches of up to `batch_size`,
+/// waiting at most `linger` for a batch to fill, and returns their verdicts.
+async fn write_batches(
+    handler: Arc<Handler>,
+    mut work: mpsc::Receiver<Delivery>,
+    done: mpsc::UnboundedSender<Vec<Settled>>,
+    batch_size: usize,
+    linger: Duration,
+) {
+    while let Some(first) = work.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < batch_size {
+            match tokio::time::timeout_at(deadline, work.recv()).await {
+                Ok(Some(delivery)) => batch.push(delivery),
+                _ => break,
+            }
+        }
+        let settled = handler.handle(batch).await;
+        if done.send(settled).is_err() {
+            return;
+        }
+    }
+}

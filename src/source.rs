@@ -1,0 +1,220 @@
+//! The KurrentDB side of the relay: the consumer group and what it delivers.
+//!
+//! This module owns everything that speaks to KurrentDB through the official
+//! client: building a client, making sure the consumer group exists,
+//! subscribing, and turning a delivered event into a [`Delivery`] that the
+//! rest of the relay can handle without knowing the client's types.
+//!
+//! A `kurrentdb::Client` whose first call could not reach the server stays
+//! broken for good, so every connection attempt builds a new one.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kurrentdb::{
+    Client, ClientSettings, NakAction, PersistentSubscription,
+    PersistentSubscriptionOptions, ReplayParkedMessagesOptions, ResolvedEvent,
+    StreamPosition, SubscribeToPersistentSubscriptionOptions,
+};
+use uuid::Uuid;
+
+use crate::config::{KurrentDbSettings, StartFrom};
+
+/// Why talking to KurrentDB failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The connection string could not be parsed; retrying cannot help.
+    #[error("kurrentdb.connection_string is invalid: {0}")]
+    ConnectionString(String),
+    /// The server refused our credentials; retrying cannot help.
+    #[error("KurrentDB refused access (check the credentials in kurrentdb.connection_string)")]
+    AccessDenied,
+    /// The group does not exist and `kurrentdb.create_group` is off.
+    #[error("consumer group {group} on {stream} does not exist and kurrentdb.create_group is false")]
+    GroupMissing {
+        /// The subscribed stream.
+        stream: String,
+        /// The missing group.
+        group: String,
+    },
+    /// Anything else: network, server restart, dropped subscription.
+    #[error(transparent)]
+    Client(#[from] kurrentdb::Error),
+}
+
+impl SourceError {
+    /// Whether trying again later may succeed. Fatal errors stop the relay
+    /// with a message naming the setting at fault.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SourceError::Client(_))
+    }
+}
+
+/// Builds a fresh client. It connects lazily, on its first call.
+pub fn connect(settings: &KurrentDbSettings) -> Result<Client, SourceError> {
+    let parsed = ClientSettings::from_str(&settings.connection_string)
+        .map_err(|e| SourceError::ConnectionString(e.to_string()))?;
+    Client::new(parsed).map_err(|e| SourceError::ConnectionString(e.to_string()))
+}
+
+/// The group's settings as configured.
+fn group_options(settings: &KurrentDbSettings) -> PersistentSubscriptionOptions {
+    let start = match settings.start_position() {
+        StartFrom::Start => StreamPosition::Start,
+        StartFrom::End => StreamPosition::End,
+        StartFrom::Revision(r) => StreamPosition::Position(r),
+    };
+    PersistentSubscriptionOptions::default()
+        .resolve_link_tos(settings.resolve_links)
+        .start_from(start)
+        .message_timeout(settings.message_timeout())
+        .max_retry_count(settings.max_retry_count)
+        .live_buffer_size(settings.live_buffer_size)
+        .read_batch_size(settings.read_batch_size)
+        .history_buffer_size(settings.history_buffer_size)
+        .checkpoint_after(Duration::from_millis(settings.checkpoint_after_ms))
+}
+
+/// Creates the group unless it exists. Returns whether it was created.
+pub async fn ensure_group(
+    client: &Client,
+    settings: &KurrentDbSettings,
+) -> Result<bool, SourceError> {
+    let options = group_options(settings);
+    let created = client
+        .create_persistent_subscription(settings.stream.as_str(), &settings.group, &options)
+        .await;
+    match created {
+        Ok(()) => Ok(true),
+        Err(kurrentdb::Error::ResourceAlreadyExists) => Ok(false),
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// Joins the group.
+pub async fn subscribe(
+    client: &Client,
+    settings: &KurrentDbSettings,
+) -> Result<PersistentSubscription, SourceError> {
+    let options =
+        SubscribeToPersistentSubscriptionOptions::default().buffer_size(settings.buffer_size);
+    client
+        .subscribe_to_persistent_subscription(settings.stream.as_str(), &settings.group, &options)
+        .await
+        .map_err(|e| match e {
+            kurrentdb::Error::ResourceNotFound => SourceError::GroupMissing {
+                stream: settings.stream.clone(),
+                group: settings.group.clone(),
+            },
+            other => classify(other),
+        })
+}
+
+/// Asks the server to deliver the group's parked events again.
+pub async fn replay_parked(
+    client: &Client,
+    settings: &KurrentDbSettings,
+    stop_at: Option<usize>,
+) -> Result<(), SourceError> {
+    let mut options = ReplayParkedMessagesOptions::default();
+    if let Some(n) = stop_at {
+        options = options.stop_at(n);
+    }
+    client
+        .replay_parked_messages(&settings.stream, &settings.group, &options)
+        .await
+        .map_err(classify)
+}
+
+fn classify(error: kurrentdb::Error) -> SourceError {
+    match error {
+        kurrentdb::Error::AccessDenied => SourceError::AccessDenied,
+        other => SourceError::Client(other),
+    }
+}
+
+/// One event as delivered by the group, independent of the client's types.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The id the server expects in the ack or nack: the link's id when a
+    /// link was resolved.
+    pub ack_id: Uuid,
+    /// The event's own id.
+    pub event_id: Uuid,
+    /// The stream the event was written to (`order-...`).
+    pub stream: String,
+    /// The event's revision in that stream.
+    pub revision: u64,
+    /// Its revision in the subscribed stream: the order in which the source
+    /// stream saw events, used to decide which of two writes wins.
+    pub position: u64,
+    /// The event's type; `$>` when a link could not be resolved.
+    pub event_type: String,
+    /// The content type recorded with the event.
+    pub content_type: String,
+    /// The payload, as received.
+    pub data: Bytes,
+    /// How many times the server delivered it before.
+    pub retry_count: usize,
+    /// False when the event is a link whose target no longer exists.
+    pub resolved: bool,
+}
+
+impl Delivery {
+    /// Flattens a resolved event.
+    pub fn from_resolved(event: &ResolvedEvent, retry_count: usize) -> Delivery {
+        let original = event.get_original_event();
+        let target = event.event.as_ref();
+        let resolved = target.is_some() && !is_unresolved_link(event);
+        let shown = target.unwrap_or(original);
+        Delivery {
+            ack_id: original.id,
+            event_id: shown.id,
+            stream: shown.stream_id().to_string(),
+            revision: shown.revision,
+            position: original.revision,
+            event_type: shown.event_type.clone(),
+            content_type: content_type(shown),
+            data: shown.data.clone(),
+            retry_count,
+            resolved,
+        }
+    }
+}
+
+/// A link whose target was deleted arrives as the bare link event.
+fn is_unresolved_link(event: &ResolvedEvent) -> bool {
+    event.link.is_none()
+        && event.event.as_ref().is_some_and(|e| e.event_type == "$>")
+}
+
+fn content_type(event: &kurrentdb::RecordedEvent) -> String {
+    match event.metadata.get("content-type") {
+        Some(ct) => ct.clone(),
+        None if event.is_json => "application/json".into(),
+        None => "application/octet-stream".into(),
+    }
+}
+
+/// The nack actions the relay uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Nack {
+    /// Deliver again later; counts toward the group's retry limit.
+    Retry,
+    /// Drop the event.
+    Skip,
+    /// Move the event to the parked stream.
+    Park,
+}
+
+impl Nack {
+    /// The client's action value.
+    pub fn action(self) -> NakAction {
+        match self {
+            Nack::Retry => NakAction::Retry,
+            Nack::Skip => NakAction::Skip,
+            Nack::Park => NakAction::Park,
+        }
+    }
+}

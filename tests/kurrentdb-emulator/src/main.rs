@@ -1,0 +1,75 @@
+//! `kurrentdb-emulator`: serves an in-memory KurrentDB over gRPC until
+//! SIGINT or SIGTERM. Logs go to stderr; `RUST_LOG` overrides the default
+//! `info` level.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kurrentdb_emulator::{Server, Store};
+use tracing_subscriber::EnvFilter;
+
+/// An in-memory server speaking KurrentDB's gRPC protocol.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (plain HTTP/2, no TLS).
+    #[arg(long, default_value = "127.0.0.1:2113")]
+    listen: SocketAddr,
+
+    /// JSON seed files to append before serving, in order.
+    #[arg(long = "seed", value_name = "FILE")]
+    seeds: Vec<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+
+    let store = Store::new();
+    for path in &args.seeds {
+        match store.seed_file(path) {
+            Ok(events) => tracing::info!(path = %path.display(), events, "seeded"),
+            Err(error) => {
+                tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "seeding failed");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    let server = match Server::start(args.listen, store).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, listen = %args.listen, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    server.stop().await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

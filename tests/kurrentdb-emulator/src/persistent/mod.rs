@@ -1,0 +1,11 @@
+//! Persistent subscriptions: groups that deliver a stream's events to
+//! competing consumers, with acks, retries, parking and checkpoints.
+//!
+//! `registry` owns the set of groups, `group` one group's delivery state,
+//! `settings` the configuration rules, `service` the gRPC surface.
+
+pub(crate) mod group;
+pub(crate) mod registry;
+pub(crate) mod service;
+pub mod settings;
+pub mod stats;
