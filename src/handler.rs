@@ -10,13 +10,16 @@
 //! is never lost and never blocks the stream.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::config::{PoisonAction, RelaySettings};
+use crate::relay::Backoff;
+use crate::shutdown::Stop;
 use crate::order::{self, DecodeLimits, Order, Poison};
 use crate::source::{Delivery, Nack};
 use crate::store::{DeadLetter, EventSource, Store, StoreError};
@@ -46,6 +49,9 @@ pub struct Handler {
     limits: DecodeLimits,
     poison: Nack,
     write_retry: Duration,
+    /// Set when PostgreSQL stayed unreachable for the whole write-retry
+    /// time; cleared once it answers again.
+    unavailable: AtomicBool,
 }
 
 /// An order ready to be written, with where it came from.
@@ -70,16 +76,51 @@ impl Handler {
             },
             poison,
             write_retry: Duration::from_millis(settings.write_retry_ms),
+            unavailable: AtomicBool::new(false),
         }
+    }
+
+    /// Whether PostgreSQL was found unreachable. While it is, every order
+    /// is handed back at once, and the relay should leave the group (see
+    /// [`crate::relay`]) so that the server holds the events without
+    /// counting retries against them.
+    pub fn store_unavailable(&self) -> bool {
+        self.unavailable.load(Ordering::SeqCst)
+    }
+
+    /// Probes PostgreSQL with backoff until it answers. Returns false if a
+    /// stop was requested first.
+    pub async fn wait_for_store(&self, stop: &mut Stop, delays: Backoff) -> bool {
+        for delay in delays {
+            match self.store.ping().await {
+                Ok(()) => {
+                    self.unavailable.store(false, Ordering::SeqCst);
+                    info!("postgres reachable again");
+                    return true;
+                }
+                Err(e) => debug!(error = %e, "postgres still unavailable"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.requested() => return false,
+            }
+        }
+        false
     }
 
     /// One verdict per delivery, in no particular order.
     pub async fn handle(&self, batch: Vec<Delivery>) -> Vec<Settled> {
         let mut settled = Vec::with_capacity(batch.len());
         let mut pending = Vec::with_capacity(batch.len());
+        let unavailable = self.store_unavailable();
         for delivery in batch {
             match self.decode(&delivery) {
                 Decoded::Ignore => settled.push(ack(&delivery)),
+                _ if unavailable => settled.push(nack(
+                    &delivery,
+                    Nack::Retry,
+                    "postgres unavailable",
+                )),
                 Decoded::Order(order) => pending.push(Pending { delivery, order }),
                 Decoded::Poison(poison) => {
                     settled.push(self.give_up(&delivery, &poison).await);
@@ -148,21 +189,36 @@ impl Handler {
                     events = pending.len(),
                     "database unavailable; handing events back for retry"
                 );
+                self.unavailable.store(true, Ordering::SeqCst);
                 let reason = format!("transient: {e}");
                 for p in &pending {
                     settled.push(nack(&p.delivery, Nack::Retry, &reason));
                 }
             }
-            Err(e) if pending.len() > 1 => {
+            Err(e) if e.is_poison() && pending.len() > 1 => {
                 debug!(error = %e, "batch rejected; writing one by one");
                 for p in pending {
                     Box::pin(self.write(vec![p], settled)).await;
                 }
             }
-            Err(e) => {
+            Err(e) if e.is_poison() => {
                 let p = &pending[0];
                 let poison = Poison::rejected_by_database(&e);
                 settled.push(self.give_up(&p.delivery, &poison).await);
+            }
+            Err(e) => {
+                // Neither the data nor the network: the schema or the
+                // permissions are wrong. Only an operator can fix that, so
+                // the events go back to the server rather than being lost.
+                error!(
+                    error = %e,
+                    events = pending.len(),
+                    "database refused the write; operator must act"
+                );
+                let reason = format!("database error: {e}");
+                for p in &pending {
+                    settled.push(nack(&p.delivery, Nack::Retry, &reason));
+                }
             }
         }
     }
@@ -188,6 +244,9 @@ impl Handler {
                 error = %e,
                 "could not record poison event; handing it back for retry"
             );
+            if e.is_transient() {
+                self.unavailable.store(true, Ordering::SeqCst);
+            }
             return nack(delivery, Nack::Retry, &format!("transient: {e}"));
         }
         error!(

@@ -59,7 +59,10 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_bytes: 1024 * 1024, max_depth: 64 }
+        DecodeLimits {
+            max_bytes: 1024 * 1024,
+            max_depth: 64,
+        }
     }
 }
 
@@ -124,7 +127,10 @@ pub struct Poison {
 impl Poison {
     /// A verdict with its explanation.
     pub fn new(reason: PoisonReason, detail: impl Into<String>) -> Poison {
-        Poison { reason, detail: detail.into() }
+        Poison {
+            reason,
+            detail: detail.into(),
+        }
     }
 
     /// The verdict when decoding panicked instead of returning.
@@ -320,11 +326,17 @@ fn scan(text: &str, max_depth: usize) -> Scan {
             _ => {}
         }
         if depth > max_depth {
-            return Scan { too_deep: true, has_nul };
+            return Scan {
+                too_deep: true,
+                has_nul,
+            };
         }
         i += 1;
     }
-    Scan { too_deep: false, has_nul }
+    Scan {
+        too_deep: false,
+        has_nul,
+    }
 }
 
 /// The JSON type of a syntactically valid raw value, from its first byte.
@@ -479,12 +491,13 @@ fn line_item(raw: &RawValue, path: &str) -> Result<(LineItem, String), Poison> {
     let mut fields: Fields<'_> = serde_json::from_str(raw.get()).map_err(not_json)?;
     let field = |name: &str| format!("{path}.{name}");
 
-    let product_id = non_blank(&mut fields, "productId")
-        .map_err(|p| at_path(p, path))?;
-    let product_name = required_string(&mut fields, "productName")
-        .map_err(|p| at_path(p, path))?;
+    let product_id = non_blank(&mut fields, "productId").map_err(|p| at_path(p, path))?;
+    let product_name = required_string(&mut fields, "productName").map_err(|p| at_path(p, path))?;
     let quantity = quantity(req(&mut fields, "quantity", path)?, &field("quantity"))?;
-    let price_text = string(req(&mut fields, "pricePerUnit", path)?, &field("pricePerUnit"))?;
+    let price_text = string(
+        req(&mut fields, "pricePerUnit", path)?,
+        &field("pricePerUnit"),
+    )?;
     let price = money::parse_price(&price_text)
         .map_err(|e| Poison::new(R::InvalidPrice, format!("{}: {e}", field("pricePerUnit"))))?;
     let tax_rate = tax_rate(req(&mut fields, "taxRate", path)?, &field("taxRate"))?;
@@ -492,7 +505,13 @@ fn line_item(raw: &RawValue, path: &str) -> Result<(LineItem, String), Poison> {
         .amount()
         .ok_or_else(|| Poison::new(R::AmountOverflow, field("pricePerUnit")))?;
 
-    let item = LineItem { product_id, product_name, quantity, unit_price, tax_rate };
+    let item = LineItem {
+        product_id,
+        product_name,
+        quantity,
+        unit_price,
+        tax_rate,
+    };
     Ok((item, price.currency))
 }
 

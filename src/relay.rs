@@ -77,6 +77,15 @@ pub async fn run(
             Ok(End::Dropped(reason)) => {
                 warn!(%reason, "subscription dropped; resubscribing");
             }
+            Ok(End::StoreUnavailable) => {
+                warn!("left the group while postgres is unavailable");
+                let probe = reconnect_backoff(&settings);
+                if !handler.wait_for_store(&mut stop, probe).await {
+                    break;
+                }
+                delays = reconnect_backoff(&settings);
+                continue;
+            }
             Err(e) if !e.is_retryable() => return Err(e.into()),
             Err(e) => warn!(error = %e, "cannot subscribe yet; retrying"),
         }
@@ -120,7 +129,10 @@ async fn prepare(
     }
 }
 
-fn reconnect_backoff(settings: &Settings) -> impl Iterator<Item = Duration> {
+/// A schedule of waits: capped, jittered, exponential, endless.
+pub type Backoff = backon::ExponentialBackoff;
+
+fn reconnect_backoff(settings: &Settings) -> Backoff {
     let k = &settings.kurrentdb;
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(k.reconnect_initial_ms))
@@ -136,6 +148,9 @@ enum End {
     Stopped,
     /// The subscription broke; the reason is for the log.
     Dropped(String),
+    /// PostgreSQL is unreachable; the relay left the group so that the
+    /// server holds events (without counting retries) until it is back.
+    StoreUnavailable,
 }
 
 /// Connects, joins the group and consumes until the subscription ends.
@@ -185,6 +200,9 @@ async fn consume(
                 if let Err(e) = settle(&mut subscription, settled).await {
                     break End::Dropped(e.to_string());
                 }
+                if handler.store_unavailable() {
+                    break End::StoreUnavailable;
+                }
             }
             next = next_delivery(&mut subscription) => match next {
                 Ok(Some(delivery)) => {
@@ -199,7 +217,7 @@ async fn consume(
     };
 
     drop(work_tx);
-    if let End::Stopped = end {
+    if matches!(end, End::Stopped | End::StoreUnavailable) {
         finish(&mut subscription, &mut done_rx, settings).await;
     }
     writer.abort();

@@ -21,9 +21,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{
-    Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
-};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
@@ -150,9 +148,7 @@ impl StoreError {
         match self {
             StoreError::Pool(e) => pool_is_transient(e),
             StoreError::Postgres(e) => pg_is_transient(e),
-            StoreError::Migration(e) => {
-                migration_cause(e).is_some_and(pg_is_transient)
-            }
+            StoreError::Migration(e) => migration_cause(e).is_some_and(pg_is_transient),
             _ => false,
         }
     }
@@ -247,11 +243,12 @@ impl Store {
         pool_size: usize,
         connect_timeout: Duration,
     ) -> Result<Store, StoreError> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(StoreError::Config)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::Config)?;
         config.connect_timeout(connect_timeout);
 
-        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let recycling = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
         let manager = Manager::from_config(config, NoTls, recycling);
         let pool = Pool::builder(manager)
             .max_size(pool_size)
@@ -300,7 +297,10 @@ impl Store {
         source: &EventSource,
     ) -> Result<WriteOutcome, StoreError> {
         let outcomes = self.upsert_orders(&[(order, source.clone())]).await?;
-        Ok(outcomes.into_iter().next().unwrap_or(WriteOutcome::Unchanged))
+        Ok(outcomes
+            .into_iter()
+            .next()
+            .unwrap_or(WriteOutcome::Unchanged))
     }
 
     /// Writes a batch in one statement, returning one outcome per input in
@@ -324,19 +324,19 @@ impl Store {
         let statement = client.prepare_cached(UPSERT_ORDERS).await?;
         let rows = client.query(&statement, &columns.params()).await?;
 
-        let written: BTreeMap<String, bool> =
-            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let written: BTreeMap<String, bool> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let outcomes = outcomes(batch, &winners, &written);
-        debug!(rows = batch.len(), written = written.len(), "orders upserted");
+        debug!(
+            rows = batch.len(),
+            written = written.len(),
+            "orders upserted"
+        );
         Ok(outcomes)
     }
 
     /// Records a poison event; recording the same event again updates the
     /// reason and bumps `last_seen_at` and `seen_count`.
-    pub async fn record_dead_letter(
-        &self,
-        letter: &DeadLetter<'_>,
-    ) -> Result<(), StoreError> {
+    pub async fn record_dead_letter(&self, letter: &DeadLetter<'_>) -> Result<(), StoreError> {
         let position = to_bigint("position", letter.position)?;
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(RECORD_DEAD_LETTER).await?;
@@ -377,7 +377,9 @@ impl Store {
     /// How many orders are stored.
     pub async fn count_orders(&self) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
-        let row = client.query_one("SELECT count(*) FROM order_fulfillment", &[]).await?;
+        let row = client
+            .query_one("SELECT count(*) FROM order_fulfillment", &[])
+            .await?;
         Ok(row.get(0))
     }
 }
@@ -398,7 +400,9 @@ pub async fn ensure_database(url: &str, name: &str) -> Result<String, StoreError
         .await?
         .is_some();
     if !exists {
-        let created = client.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await;
+        let created = client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await;
         // Someone else creating it first is as good as creating it.
         match created {
             Err(e) if e.code() != Some(&SqlState::DUPLICATE_DATABASE) => return Err(e.into()),
@@ -413,10 +417,10 @@ pub async fn ensure_database(url: &str, name: &str) -> Result<String, StoreError
 
 fn is_plain_identifier(name: &str) -> bool {
     let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    first_ok
-        && name.len() <= 63
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    first_ok && name.len() <= 63 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// `url` with its database replaced by `name`, in either URL form.
@@ -504,7 +508,7 @@ impl<'a> Columns<'a> {
         let mut c = Columns::default();
         for &i in rows {
             let (order, source) = &batch[i];
-            c.push_order(order)?;
+            c.push_order(order);
             c.event_id.push(source.event_id);
             c.stream.push(&source.stream);
             c.revision.push(to_bigint("revision", source.revision)?);
@@ -513,12 +517,13 @@ impl<'a> Columns<'a> {
         Ok(c)
     }
 
-    fn push_order(&mut self, order: &'a Order) -> Result<(), StoreError> {
+    fn push_order(&mut self, order: &'a Order) {
         let count = i32::try_from(order.line_items.len()).unwrap_or(i32::MAX);
         let items = serde_json::to_value(&order.line_items).unwrap_or(Value::Null);
         self.order_id.push(&order.order_id);
         self.customer_id.push(&order.customer_id);
-        self.checkout_of_cart.push(order.checkout_of_cart.as_deref());
+        self.checkout_of_cart
+            .push(order.checkout_of_cart.as_deref());
         self.currency.push(&order.currency);
         self.subtotal.push(order.subtotal);
         self.tax.push(order.tax);
@@ -529,7 +534,6 @@ impl<'a> Columns<'a> {
         self.billing.push(&order.billing);
         self.extra.push(Value::Object(order.extra.clone()));
         self.placed_at.push(order.placed_at);
-        Ok(())
     }
 
     /// The parameters, in the order `UPSERT_ORDERS` numbers them.
@@ -619,9 +623,15 @@ mod tests {
     #[test]
     fn database_is_replaced_in_either_url_form() {
         let cases = [
-            ("postgres://u:p@h:5432/postgres", "postgres://u:p@h:5432/demo"),
+            (
+                "postgres://u:p@h:5432/postgres",
+                "postgres://u:p@h:5432/demo",
+            ),
             ("postgres://h", "postgres://h/demo"),
-            ("postgres://h/db?sslmode=disable", "postgres://h/demo?sslmode=disable"),
+            (
+                "postgres://h/db?sslmode=disable",
+                "postgres://h/demo?sslmode=disable",
+            ),
             ("host=h user=u", "host=h user=u dbname=demo"),
         ];
         for (url, expected) in cases {
@@ -641,7 +651,9 @@ mod tests {
     /// SQLSTATE classes decide transience, not messages.
     #[test]
     fn transient_codes_are_recognised() {
-        for code in ["08006", "08001", "53300", "57P01", "57P03", "40001", "40P01"] {
+        for code in [
+            "08006", "08001", "53300", "57P01", "57P03", "40001", "40P01",
+        ] {
             assert!(code_is_transient(code), "{code}");
         }
         for code in ["22021", "23505", "42P01", "57014", "28P01"] {

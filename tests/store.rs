@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use outbox_relay::order::{decode, DecodeLimits, Order, JSON_CONTENT_TYPE};
-use outbox_relay::store::{
-    DeadLetter, EventSource, Store, StoreError, WriteOutcome,
-};
+use outbox_relay::store::{DeadLetter, EventSource, Store, StoreError, WriteOutcome};
 use rust_decimal::Decimal;
 use serde_json::json;
 use test_db::TestDb;
@@ -34,8 +32,7 @@ mod test_db {
         }
 
         pub async fn client(&self) -> Client {
-            let (client, connection) =
-                tokio_postgres::connect(&self.url, NoTls).await.unwrap();
+            let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
             tokio::spawn(connection);
             client
         }
@@ -51,9 +48,7 @@ mod test_db {
                     .build()
                     .unwrap();
                 rt.block_on(async move {
-                    if let Ok((client, conn)) =
-                        tokio_postgres::connect(ADMIN_URL, NoTls).await
-                    {
+                    if let Ok((client, conn)) = tokio_postgres::connect(ADMIN_URL, NoTls).await {
                         tokio::spawn(conn);
                         let _ = client.batch_execute(&sql).await;
                     }
@@ -174,10 +169,16 @@ async fn redelivery_of_the_same_event_is_unchanged() {
     let store = migrated_store(&db).await;
     let (o, src) = (order("order-1", "10.00"), source("order-1", 3));
 
-    assert_eq!(store.upsert_order(&o, &src).await.unwrap(), WriteOutcome::Inserted);
+    assert_eq!(
+        store.upsert_order(&o, &src).await.unwrap(),
+        WriteOutcome::Inserted
+    );
     let before = row(&db, "order-1").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(store.upsert_order(&o, &src).await.unwrap(), WriteOutcome::Unchanged);
+    assert_eq!(
+        store.upsert_order(&o, &src).await.unwrap(),
+        WriteOutcome::Unchanged
+    );
 
     assert_eq!(row(&db, "order-1").await, before);
     assert_eq!(store.count_orders().await.unwrap(), 1);
@@ -191,14 +192,20 @@ async fn later_position_wins_regardless_of_arrival_order() {
     let (early, late) = (order("order-a", "10.00"), order("order-a", "20.00"));
 
     // In order: the later event updates the row.
-    store.upsert_order(&early, &source("order-a", 1)).await.unwrap();
+    store
+        .upsert_order(&early, &source("order-a", 1))
+        .await
+        .unwrap();
     let outcome = store.upsert_order(&late, &source("order-a", 2)).await;
     assert_eq!(outcome.unwrap(), WriteOutcome::Updated);
     assert_eq!(row(&db, "order-a").await.1, 2);
 
     // Out of order: the earlier event arriving second changes nothing.
     let (early, late) = (order("order-b", "10.00"), order("order-b", "20.00"));
-    store.upsert_order(&late, &source("order-b", 2)).await.unwrap();
+    store
+        .upsert_order(&late, &source("order-b", 2))
+        .await
+        .unwrap();
     let outcome = store.upsert_order(&early, &source("order-b", 1)).await;
     assert_eq!(outcome.unwrap(), WriteOutcome::Unchanged);
 
@@ -213,7 +220,11 @@ async fn later_position_wins_regardless_of_arrival_order() {
 async fn a_batch_writes_the_latest_event_per_order() {
     let db = TestDb::create().await;
     let store = migrated_store(&db).await;
-    let (a1, a2, b) = (order("order-a", "1.00"), order("order-a", "2.00"), order("order-b", "3.00"));
+    let (a1, a2, b) = (
+        order("order-a", "1.00"),
+        order("order-a", "2.00"),
+        order("order-b", "3.00"),
+    );
     store.upsert_order(&b, &source("order-b", 9)).await.unwrap();
 
     let batch = [
@@ -276,10 +287,17 @@ async fn closed_port_is_transient() {
 async fn terminated_backend_is_transient() {
     let db = TestDb::create().await;
     let victim = db.client().await;
-    let pid: i32 = victim.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
 
     let admin = db.client().await;
-    admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
 
     let err = StoreError::from(victim.simple_query("SELECT 1").await.unwrap_err());
     assert!(err.is_transient(), "{err:?}");
@@ -306,16 +324,24 @@ async fn unstorable_orders_are_poison() {
 
     let mut nul = order("order-nul", "1.00");
     nul.customer_id = "a\0b".into();
-    let err = store.upsert_order(&nul, &source("order-nul", 1)).await.unwrap_err();
+    let err = store
+        .upsert_order(&nul, &source("order-nul", 1))
+        .await
+        .unwrap_err();
     assert!(err.is_poison() && !err.is_transient(), "{err:?}");
 
     let mut lower = order("order-lower", "1.00");
     lower.currency = "usd".into();
-    let err = store.upsert_order(&lower, &source("order-lower", 1)).await.unwrap_err();
+    let err = store
+        .upsert_order(&lower, &source("order-lower", 1))
+        .await
+        .unwrap_err();
     assert_eq!(err.sqlstate().map(|c| c.code()), Some("23514"));
     assert!(err.is_poison() && !err.is_transient(), "{err:?}");
 
-    let huge = store.upsert_order(&order("order-h", "1.00"), &source("o", u64::MAX)).await;
+    let huge = store
+        .upsert_order(&order("order-h", "1.00"), &source("o", u64::MAX))
+        .await;
     assert!(huge.unwrap_err().is_poison());
 }
 

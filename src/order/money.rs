@@ -44,16 +44,12 @@ impl Price {
 /// Decimal places of an ISO 4217 currency, or `None` when unknown.
 pub fn minor_units(code: &str) -> Option<u32> {
     match code {
-        "JPY" | "KRW" | "ISK" | "CLP" | "VND" | "PYG" | "UGX" | "XAF"
-        | "XOF" => Some(0),
+        "JPY" | "KRW" | "ISK" | "CLP" | "VND" | "PYG" | "UGX" | "XAF" | "XOF" => Some(0),
         "BHD" | "KWD" | "OMR" | "JOD" | "TND" | "IQD" | "LYD" => Some(3),
-        "USD" | "EUR" | "GBP" | "CHF" | "CAD" | "AUD" | "NZD" | "SEK"
-        | "NOK" | "DKK" | "PLN" | "CZK" | "HUF" | "RON" | "BGN" | "CNY"
-        | "HKD" | "SGD" | "TWD" | "INR" | "IDR" | "MYR" | "THB" | "PHP"
-        | "BRL" | "MXN" | "ARS" | "COP" | "PEN" | "ZAR" | "TRY" | "ILS"
-        | "AED" | "SAR" | "QAR" | "EGP" | "NGN" | "KES" | "UAH" | "IRR" => {
-            Some(2)
-        }
+        "USD" | "EUR" | "GBP" | "CHF" | "CAD" | "AUD" | "NZD" | "SEK" | "NOK" | "DKK" | "PLN"
+        | "CZK" | "HUF" | "RON" | "BGN" | "CNY" | "HKD" | "SGD" | "TWD" | "INR" | "IDR" | "MYR"
+        | "THB" | "PHP" | "BRL" | "MXN" | "ARS" | "COP" | "PEN" | "ZAR" | "TRY" | "ILS" | "AED"
+        | "SAR" | "QAR" | "EGP" | "NGN" | "KES" | "UAH" | "IRR" => Some(2),
         _ => None,
     }
 }
@@ -68,18 +64,21 @@ pub fn parse_price(text: &str) -> Result<Price, String> {
     if !code.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err("currency must be three upper-case letters".into());
     }
-    let scale = minor_units(code)
-        .ok_or_else(|| format!("unknown currency {code:?}"))?;
+    let scale = minor_units(code).ok_or_else(|| format!("unknown currency {code:?}"))?;
     let minor = parse_amount(number, scale)?;
     let currency = code.to_owned();
 
-    Ok(Price { currency, minor, scale })
+    Ok(Price {
+        currency,
+        minor,
+        scale,
+    })
 }
 
 /// Parses `601.05` into minor units; no sign, exponent or spaces allowed.
 fn parse_amount(number: &str, scale: u32) -> Result<i128, String> {
     let (int, frac) = match number.split_once('.') {
-        Some((int, frac)) if frac.is_empty() => {
+        Some((int, "")) => {
             return Err(format!("no digits after the point in {int:?}."));
         }
         Some(parts) => parts,
@@ -137,8 +136,8 @@ fn rate_from_digits(digits: &str, scale: i64) -> Result<Decimal, String> {
         return Err("must not be greater than 1".into());
     }
     let mantissa: i128 = digits.parse().map_err(|_| "not a number")?;
-    let rate = Decimal::try_from_i128_with_scale(mantissa, scale as u32)
-        .map_err(|e| e.to_string())?;
+    let rate =
+        Decimal::try_from_i128_with_scale(mantissa, scale as u32).map_err(|e| e.to_string())?;
     if rate > Decimal::ONE {
         return Err("must not be greater than 1".into());
     }
@@ -191,9 +190,23 @@ mod tests {
     #[test]
     fn malformed_prices_are_refused() {
         for bad in [
-            "", "USD", "601.05", "usd601.05", "USD-1.00", "USD+1.00",
-            "USD1e3", "USD1.005", "JPY1.5", "XXX1.00", "USD 1.00", "USD1.",
-            "USD.5", "USD1,00", "ÜSD1.00", "US€1", "USD1234567890123456",
+            "",
+            "USD",
+            "601.05",
+            "usd601.05",
+            "USD-1.00",
+            "USD+1.00",
+            "USD1e3",
+            "USD1.005",
+            "JPY1.5",
+            "XXX1.00",
+            "USD 1.00",
+            "USD1.",
+            "USD.5",
+            "USD1,00",
+            "ÜSD1.00",
+            "US€1",
+            "USD1234567890123456",
         ] {
             assert!(parse_price(bad).is_err(), "{bad:?} was accepted");
         }

@@ -35,7 +35,12 @@ fn decode_value(value: &Value, stream: &str) -> Result<Order, Poison> {
 }
 
 fn decode_text(text: &str) -> Result<Order, Poison> {
-    decode(JSON_CONTENT_TYPE, text.as_bytes(), "$ce-order", &DecodeLimits::default())
+    decode(
+        JSON_CONTENT_TYPE,
+        text.as_bytes(),
+        "$ce-order",
+        &DecodeLimits::default(),
+    )
 }
 
 /// The first seed order, for mutating one field at a time.
@@ -46,21 +51,83 @@ fn sample() -> Value {
 fn reason_with(edit: impl FnOnce(&mut Value)) -> PoisonReason {
     let mut order = sample();
     edit(&mut order);
-    decode_value(&order, "$ce-order").expect_err("should be poison").reason
+    decode_value(&order, "$ce-order")
+        .expect_err("should be poison")
+        .reason
 }
 
 /// Totals worked out independently (Python `decimal`, half-even per line).
 const EXPECTED: [(&str, usize, &str, &str, &str); 10] = [
-    ("order-b0d1a15a21d24ffa97785ce7b345a87e", 2, "4183.68", "701.81", "4885.49"),
-    ("order-f16847c9a2e44b23bdacc5c92b6dbb25", 5, "8863.68", "1099.07", "9962.75"),
-    ("order-44c1c762ca1d440bb2e03a2655ba7edb", 2, "4235.79", "645.67", "4881.46"),
-    ("order-c49064f930344a72bd6173db57e43f78", 3, "5379.73", "971.60", "6351.33"),
-    ("order-36bf75fe641e453b906946ba4b5288c5", 2, "4690.91", "281.46", "4972.37"),
-    ("order-babc43583617421a90d4c7d039900142", 2, "2680.73", "321.69", "3002.42"),
-    ("order-3d268df88f9c451eae9cae49d10656d5", 3, "2061.24", "166.04", "2227.28"),
-    ("order-ad53653936ff469ea208cce8726906eb", 1, "792.18", "166.36", "958.54"),
-    ("order-6eca2b03d96e423d87db9ae3e7d4333c", 2, "2090.64", "439.04", "2529.68"),
-    ("order-518fc532ce4b46508a8297ccac692638", 3, "4093.43", "491.21", "4584.64"),
+    (
+        "order-b0d1a15a21d24ffa97785ce7b345a87e",
+        2,
+        "4183.68",
+        "701.81",
+        "4885.49",
+    ),
+    (
+        "order-f16847c9a2e44b23bdacc5c92b6dbb25",
+        5,
+        "8863.68",
+        "1099.07",
+        "9962.75",
+    ),
+    (
+        "order-44c1c762ca1d440bb2e03a2655ba7edb",
+        2,
+        "4235.79",
+        "645.67",
+        "4881.46",
+    ),
+    (
+        "order-c49064f930344a72bd6173db57e43f78",
+        3,
+        "5379.73",
+        "971.60",
+        "6351.33",
+    ),
+    (
+        "order-36bf75fe641e453b906946ba4b5288c5",
+        2,
+        "4690.91",
+        "281.46",
+        "4972.37",
+    ),
+    (
+        "order-babc43583617421a90d4c7d039900142",
+        2,
+        "2680.73",
+        "321.69",
+        "3002.42",
+    ),
+    (
+        "order-3d268df88f9c451eae9cae49d10656d5",
+        3,
+        "2061.24",
+        "166.04",
+        "2227.28",
+    ),
+    (
+        "order-ad53653936ff469ea208cce8726906eb",
+        1,
+        "792.18",
+        "166.36",
+        "958.54",
+    ),
+    (
+        "order-6eca2b03d96e423d87db9ae3e7d4333c",
+        2,
+        "2090.64",
+        "439.04",
+        "2529.68",
+    ),
+    (
+        "order-518fc532ce4b46508a8297ccac692638",
+        3,
+        "4093.43",
+        "491.21",
+        "4584.64",
+    ),
 ];
 
 /// All ten tutorial orders decode with the right lines and exact totals.
@@ -94,7 +161,10 @@ fn seed_order_fields_are_kept() {
     assert_eq!(order.line_items[0].tax_rate.to_string(), "0.21");
     assert_eq!(order.shipping["method"], "express");
     assert_eq!(order.billing["paymentMethod"], "wireTransfer");
-    assert_eq!(order.placed_at.to_rfc3339(), "2025-01-01T01:11:30.976938+00:00");
+    assert_eq!(
+        order.placed_at.to_rfc3339(),
+        "2025-01-01T01:11:30.976938+00:00"
+    );
 }
 
 /// The tutorial's deliberately invalid event is missing its order id.
@@ -111,7 +181,10 @@ fn envelope_problems_have_their_own_reasons() {
     let limits = DecodeLimits::default();
     let go = |ct: &str, data: &[u8]| decode(ct, data, "x", &limits).unwrap_err().reason;
 
-    assert_eq!(go("application/octet-stream", b"{}"), R::UnsupportedContentType);
+    assert_eq!(
+        go("application/octet-stream", b"{}"),
+        R::UnsupportedContentType
+    );
     assert_eq!(go("", b"{}"), R::UnsupportedContentType);
     assert_eq!(go("application/json", b""), R::Empty);
     assert_eq!(go("application/json", b" \n "), R::Empty);
@@ -125,7 +198,10 @@ fn envelope_problems_have_their_own_reasons() {
 /// Payloads over the byte limit are refused before being read.
 #[test]
 fn oversized_payload_is_too_large() {
-    let limits = DecodeLimits { max_bytes: 10, ..DecodeLimits::default() };
+    let limits = DecodeLimits {
+        max_bytes: 10,
+        ..DecodeLimits::default()
+    };
     let poison = decode(JSON_CONTENT_TYPE, &[b' '; 11], "x", &limits).unwrap_err();
     assert_eq!(poison.reason, R::TooLarge);
 }
@@ -149,22 +225,38 @@ fn deep_nesting_is_poison() {
 /// A NUL anywhere, even in a key or an unknown field, cannot be stored.
 #[test]
 fn nul_characters_are_not_storable() {
-    assert_eq!(reason_with(|o| o["customerId"] = json!("a\u{0}b")), R::TextNotStorable);
-    assert_eq!(reason_with(|o| o["shipping"]["x\u{0}"] = json!(1)), R::TextNotStorable);
+    assert_eq!(
+        reason_with(|o| o["customerId"] = json!("a\u{0}b")),
+        R::TextNotStorable
+    );
+    assert_eq!(
+        reason_with(|o| o["shipping"]["x\u{0}"] = json!(1)),
+        R::TextNotStorable
+    );
 
     // An escaped backslash followed by "u0000" is ordinary text.
-    let order = decode_value(&{
-        let mut o = sample();
-        o["note"] = json!("\\u0000");
-        o
-    }, "$ce-order");
+    let order = decode_value(
+        &{
+            let mut o = sample();
+            o["note"] = json!("\\u0000");
+            o
+        },
+        "$ce-order",
+    );
     assert_eq!(order.unwrap().extra["note"], "\\u0000");
 }
 
 /// Missing and mistyped fields name the field.
 #[test]
 fn missing_and_mistyped_fields_are_named() {
-    for field in ["orderId", "customerId", "lineItems", "shipping", "billing", "at"] {
+    for field in [
+        "orderId",
+        "customerId",
+        "lineItems",
+        "shipping",
+        "billing",
+        "at",
+    ] {
         let poison = {
             let mut o = sample();
             o.as_object_mut().unwrap().remove(field);
@@ -178,11 +270,20 @@ fn missing_and_mistyped_fields_are_named() {
     assert_eq!(reason_with(|o| o["shipping"] = json!("home")), R::WrongType);
     assert_eq!(reason_with(|o| o["lineItems"] = json!({})), R::WrongType);
     assert_eq!(reason_with(|o| o["lineItems"][0] = json!(1)), R::WrongType);
-    assert_eq!(reason_with(|o| o["lineItems"][0]["taxRate"] = json!("0.2")), R::WrongType);
+    assert_eq!(
+        reason_with(|o| o["lineItems"][0]["taxRate"] = json!("0.2")),
+        R::WrongType
+    );
     let mut o = sample();
-    o["lineItems"][1].as_object_mut().unwrap().remove("pricePerUnit");
+    o["lineItems"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("pricePerUnit");
     let poison = decode_value(&o, "$ce-order").unwrap_err();
-    assert_eq!(poison.to_string(), "missing_field: lineItems[1].pricePerUnit");
+    assert_eq!(
+        poison.to_string(),
+        "missing_field: lineItems[1].pricePerUnit"
+    );
 }
 
 /// checkoutOfCart may be absent or null; unknown fields are kept.
@@ -197,19 +298,37 @@ fn optional_and_unknown_fields_are_handled() {
 
     let mut o = sample();
     o["checkoutOfCart"] = Value::Null;
-    assert_eq!(decode_value(&o, "$ce-order").unwrap().checkout_of_cart, None);
+    assert_eq!(
+        decode_value(&o, "$ce-order").unwrap().checkout_of_cart,
+        None
+    );
 }
 
 /// Unusable order ids and blank customer ids are refused.
 #[test]
 fn bad_identifiers_are_refused() {
     assert_eq!(reason_with(|o| o["orderId"] = json!("")), R::InvalidOrderId);
-    assert_eq!(reason_with(|o| o["orderId"] = json!(" order-1")), R::InvalidOrderId);
-    assert_eq!(reason_with(|o| o["orderId"] = json!("order\n1")), R::InvalidOrderId);
+    assert_eq!(
+        reason_with(|o| o["orderId"] = json!(" order-1")),
+        R::InvalidOrderId
+    );
+    assert_eq!(
+        reason_with(|o| o["orderId"] = json!("order\n1")),
+        R::InvalidOrderId
+    );
     let long = "o".repeat(MAX_ORDER_ID_BYTES + 1);
-    assert_eq!(reason_with(|o| o["orderId"] = json!(long)), R::InvalidOrderId);
-    assert_eq!(reason_with(|o| o["customerId"] = json!("  ")), R::BlankField);
-    assert_eq!(reason_with(|o| o["lineItems"][0]["productId"] = json!("")), R::BlankField);
+    assert_eq!(
+        reason_with(|o| o["orderId"] = json!(long)),
+        R::InvalidOrderId
+    );
+    assert_eq!(
+        reason_with(|o| o["customerId"] = json!("  ")),
+        R::BlankField
+    );
+    assert_eq!(
+        reason_with(|o| o["lineItems"][0]["productId"] = json!("")),
+        R::BlankField
+    );
 }
 
 /// In an order stream, the order id must be the stream's name.
@@ -229,12 +348,26 @@ fn order_id_must_match_its_order_stream() {
 #[test]
 fn quantity_must_be_a_positive_i32() {
     let with = |q: Value| reason_with(|o| o["lineItems"][0]["quantity"] = q);
-    for bad in [json!(0), json!(-1), json!(2.0), json!(2.5), json!(2_147_483_648u64)] {
+    for bad in [
+        json!(0),
+        json!(-1),
+        json!(2.0),
+        json!(2.5),
+        json!(2_147_483_648u64),
+    ] {
         assert_eq!(with(bad.clone()), R::InvalidQuantity, "{bad}");
     }
     assert_eq!(with(json!("2")), R::WrongType);
-    assert_eq!(decode_text(&sample().to_string().replace("\"quantity\":5", "\"quantity\":5e0"))
-        .unwrap_err().reason, R::InvalidQuantity);
+    assert_eq!(
+        decode_text(
+            &sample()
+                .to_string()
+                .replace("\"quantity\":5", "\"quantity\":5e0")
+        )
+        .unwrap_err()
+        .reason,
+        R::InvalidQuantity
+    );
 
     let mut o = sample();
     o["lineItems"][0]["quantity"] = json!(i32::MAX);
@@ -245,7 +378,15 @@ fn quantity_must_be_a_positive_i32() {
 #[test]
 fn malformed_prices_are_invalid() {
     let with = |p: &str| reason_with(|o| o["lineItems"][0]["pricePerUnit"] = json!(p));
-    for bad in ["601.05", "USD", "usd601.05", "USD-601.05", "USD6.0105e2", "USD601.055", "ABC1.00"] {
+    for bad in [
+        "601.05",
+        "USD",
+        "usd601.05",
+        "USD-601.05",
+        "USD6.0105e2",
+        "USD601.055",
+        "ABC1.00",
+    ] {
         assert_eq!(with(bad), R::InvalidPrice, "{bad}");
     }
 }
@@ -269,7 +410,10 @@ fn zero_decimal_currency_totals_in_whole_units() {
     ]);
     let order = decode_value(&o, "$ce-order").unwrap();
     // 3015 x 0.1 = 301.5, rounded half to even.
-    assert_eq!((order.subtotal.to_string(), order.tax.to_string()), ("3015".into(), "302".into()));
+    assert_eq!(
+        (order.subtotal.to_string(), order.tax.to_string()),
+        ("3015".into(), "302".into())
+    );
     assert_eq!(order.total.to_string(), "3317");
 }
 
@@ -292,8 +436,14 @@ fn tax_rates_are_exact_and_bounded() {
 /// Timestamps need an offset; without one they are refused, not guessed.
 #[test]
 fn timestamps_need_an_offset() {
-    assert_eq!(reason_with(|o| o["at"] = json!("2025-01-01T01:11:30")), R::InvalidTimestamp);
-    assert_eq!(reason_with(|o| o["at"] = json!("yesterday")), R::InvalidTimestamp);
+    assert_eq!(
+        reason_with(|o| o["at"] = json!("2025-01-01T01:11:30")),
+        R::InvalidTimestamp
+    );
+    assert_eq!(
+        reason_with(|o| o["at"] = json!("yesterday")),
+        R::InvalidTimestamp
+    );
 
     let mut o = sample();
     o["at"] = json!("2025-01-01T03:11:30+02:00");
@@ -322,15 +472,34 @@ fn line_items_serialise_with_string_amounts() {
 fn reason_codes_are_distinct_snake_case() {
     use R::*;
     let all = [
-        UnsupportedContentType, Empty, TooLarge, InvalidUtf8, TooDeep, NotJson,
-        NotAnObject, MissingField, WrongType, BlankField, InvalidOrderId,
-        OrderIdStreamMismatch, InvalidQuantity, InvalidPrice, InvalidTaxRate,
-        MixedCurrencies, AmountOverflow, InvalidTimestamp, NoLineItems,
-        TextNotStorable, DecoderPanicked, RejectedByDatabase,
+        UnsupportedContentType,
+        Empty,
+        TooLarge,
+        InvalidUtf8,
+        TooDeep,
+        NotJson,
+        NotAnObject,
+        MissingField,
+        WrongType,
+        BlankField,
+        InvalidOrderId,
+        OrderIdStreamMismatch,
+        InvalidQuantity,
+        InvalidPrice,
+        InvalidTaxRate,
+        MixedCurrencies,
+        AmountOverflow,
+        InvalidTimestamp,
+        NoLineItems,
+        TextNotStorable,
+        DecoderPanicked,
+        RejectedByDatabase,
     ];
     let codes: std::collections::HashSet<_> = all.iter().map(|r| r.code()).collect();
     assert_eq!(codes.len(), all.len());
-    assert!(codes.iter().all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
+    assert!(codes.iter().all(|c| c
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
 }
 
 use serde_json::json;
@@ -363,7 +532,7 @@ fn replace_somewhere(value: &mut Value, mut choice: usize, replacement: Value) {
             Value::Array(a) => a.len(),
             _ => 0,
         };
-        if len == 0 || choice % 4 == 0 {
+        if len == 0 || choice.is_multiple_of(4) {
             *node = replacement;
             return;
         }

@@ -14,8 +14,7 @@ use crate::proto::Empty;
 /// The version reported; it must parse as digits and dots.
 pub const SERVER_VERSION: &str = "24.10.0";
 
-const PERSISTENT: &str =
-    "event_store.client.persistent_subscriptions.persistentsubscriptions";
+const PERSISTENT: &str = "event_store.client.persistent_subscriptions.persistentsubscriptions";
 const STREAMS: &str = "event_store.client.streams.streams";
 const FEATURES: &str = "event_store.client.server_features.serverfeatures";
 
@@ -34,7 +33,12 @@ fn method(service: &str, name: &str, features: &[&str]) -> pb::SupportedMethod {
 fn supported_methods() -> Vec<pb::SupportedMethod> {
     let both = ["stream", "all"];
     let mut methods: Vec<pb::SupportedMethod> = [
-        "create", "update", "delete", "read", "getinfo", "replayparked",
+        "create",
+        "update",
+        "delete",
+        "read",
+        "getinfo",
+        "replayparked",
         "list",
     ]
     .iter()

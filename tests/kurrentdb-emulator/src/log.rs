@@ -180,11 +180,7 @@ impl Log {
 
     /// A soft delete: the stream reads as absent until written again, and
     /// revisions continue where they were.
-    pub fn delete(
-        &mut self,
-        stream: &str,
-        expected: Expected,
-    ) -> Result<(), AppendError> {
+    pub fn delete(&mut self, stream: &str, expected: Expected) -> Result<(), AppendError> {
         self.check_expected(stream, expected)?;
         if let Some(data) = self.streams.get_mut(stream) {
             data.truncate_before = data.next_revision();
@@ -194,11 +190,7 @@ impl Log {
     }
 
     /// A hard delete: the stream can never be written or read again.
-    pub fn tombstone(
-        &mut self,
-        stream: &str,
-        expected: Expected,
-    ) -> Result<(), AppendError> {
+    pub fn tombstone(&mut self, stream: &str, expected: Expected) -> Result<(), AppendError> {
         self.check_expected(stream, expected)?;
         let data = self.streams.entry(stream.to_owned()).or_default();
         data.truncate_before = data.next_revision();
@@ -218,11 +210,7 @@ impl Log {
         self.stream(stream)?.get(revision)
     }
 
-    fn check_expected(
-        &self,
-        stream: &str,
-        expected: Expected,
-    ) -> Result<(), AppendError> {
+    fn check_expected(&self, stream: &str, expected: Expected) -> Result<(), AppendError> {
         let data = self.streams.get(stream);
         if data.is_some_and(StreamData::is_tombstoned) {
             return Err(AppendError::StreamDeleted);
@@ -245,11 +233,7 @@ impl Log {
     }
 
     /// `$ce-<category>` and `$et-<type>` links for freshly written events.
-    fn write_projection_links(
-        &mut self,
-        written: &[Arc<StoredEvent>],
-        touched: &mut Vec<String>,
-    ) {
+    fn write_projection_links(&mut self, written: &[Arc<StoredEvent>], touched: &mut Vec<String>) {
         for event in written {
             if let Some((category, _)) = event.stream.split_once('-') {
                 let stream = format!("$ce-{category}");

@@ -23,9 +23,7 @@ pub mod event_store {
 
         /// `event_store.client.persistent_subscriptions`
         pub mod persistent_subscriptions {
-            tonic::include_proto!(
-                "event_store.client.persistent_subscriptions"
-            );
+            tonic::include_proto!("event_store.client.persistent_subscriptions");
         }
     }
 }

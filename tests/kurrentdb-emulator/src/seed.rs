@@ -76,8 +76,11 @@ pub fn seed_file(store: &Store, path: &Path) -> Result<usize, EmulatorError> {
 
     let mut count = 0;
     for seed in streams {
-        let events: Vec<NewEvent> =
-            seed.events.into_iter().map(SeedEvent::into_new_event).collect();
+        let events: Vec<NewEvent> = seed
+            .events
+            .into_iter()
+            .map(SeedEvent::into_new_event)
+            .collect();
         count += events.len();
         store.append(&seed.stream, events)?;
     }

@@ -29,8 +29,10 @@ use crate::streams::StreamsService;
 /// How often timeouts and checkpoints are checked, as upstream.
 const TICK: Duration = Duration::from_secs(1);
 
-/// How long a closing connection may take to flush its last answers.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a closing connection may take to flush its last answers. A
+/// client keeps its side of a subscription open, so a graceful close would
+/// otherwise wait for it; after this the connection is cut.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// The peer address, put in each request's extensions for GetInfo.
 #[derive(Debug, Clone, Copy)]
@@ -74,9 +76,9 @@ impl Server {
 
         let routes = Routes::new(ServerFeaturesServer::new(FeaturesService))
             .add_service(StreamsServer::new(StreamsService::new(store.clone())))
-            .add_service(PersistentSubscriptionsServer::new(
-                PersistentService::new(store.clone()),
-            ))
+            .add_service(PersistentSubscriptionsServer::new(PersistentService::new(
+                store.clone(),
+            )))
             .prepare();
         let connections = SharedConnections::default();
         let accept = tokio::spawn(accept_loop(listener, routes, connections.clone()));

@@ -58,11 +58,7 @@ impl Store {
 
     /// Appends `events` to `stream` whatever its revision, and writes the
     /// `$ce-` / `$et-` links. Returns the stream's last revision.
-    pub fn append(
-        &self,
-        stream: &str,
-        events: Vec<NewEvent>,
-    ) -> Result<u64, EmulatorError> {
+    pub fn append(&self, stream: &str, events: Vec<NewEvent>) -> Result<u64, EmulatorError> {
         if stream.is_empty() || stream == "$all" {
             return Err(EmulatorError::InvalidStream(stream.to_owned()));
         }
@@ -91,7 +87,10 @@ impl Store {
     pub fn read_stream(&self, stream: &str) -> Vec<StoredEvent> {
         let state = self.lock();
         state.log.stream(stream).map_or_else(Vec::new, |data| {
-            data.visible().iter().map(|e| StoredEvent::clone(e)).collect()
+            data.visible()
+                .iter()
+                .map(|e| StoredEvent::clone(e))
+                .collect()
         })
     }
 

@@ -14,8 +14,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::events::{NewEvent, StoredEvent, BINARY_CONTENT_TYPE};
 use crate::log::{AppendError, Expected, Log};
-use crate::proto::streams::{self as pb, streams_server};
 use crate::proto::event_store::client::AllStreamPosition;
+use crate::proto::streams::{self as pb, streams_server};
 use crate::proto::Empty;
 use crate::status;
 use crate::store::Store;
@@ -46,10 +46,7 @@ struct ReadShape {
 impl streams_server::Streams for StreamsService {
     type ReadStream = ReadItems;
 
-    async fn read(
-        &self,
-        request: Request<pb::ReadReq>,
-    ) -> Result<Response<ReadItems>, Status> {
+    async fn read(&self, request: Request<pb::ReadReq>) -> Result<Response<ReadItems>, Status> {
         use pb::read_req::options::{uuid_option, CountOption, StreamOption};
         let options = request
             .into_inner()
@@ -115,13 +112,9 @@ impl streams_server::Streams for StreamsService {
         let result = self.store.lock().append(&stream, expected, events);
         let result = match result {
             Ok(appended) => pb::append_resp::Result::Success(success(appended)),
-            Err(AppendError::StreamDeleted) => {
-                return Err(status::stream_deleted(&stream))
-            }
+            Err(AppendError::StreamDeleted) => return Err(status::stream_deleted(&stream)),
             Err(AppendError::WrongExpectedVersion { current, expected }) => {
-                pb::append_resp::Result::WrongExpectedVersion(wrong_version(
-                    current, expected,
-                ))
+                pb::append_resp::Result::WrongExpectedVersion(wrong_version(current, expected))
             }
         };
         Ok(Response::new(pb::AppendResp {
@@ -162,11 +155,7 @@ impl streams_server::Streams for StreamsService {
 
 impl StreamsService {
     /// A soft delete or a tombstone; returns the log's last position.
-    fn remove(
-        &self,
-        options: pb::delete_req::Options,
-        hard: bool,
-    ) -> Result<Option<u64>, Status> {
+    fn remove(&self, options: pb::delete_req::Options, hard: bool) -> Result<Option<u64>, Status> {
         use pb::delete_req::options::ExpectedStreamRevision as E;
         let stream = wire::stream_name(options.stream_identifier.as_ref());
         let expected = match options.expected_stream_revision {
@@ -191,9 +180,7 @@ impl StreamsService {
     }
 }
 
-fn append_expected(
-    option: Option<pb::append_req::options::ExpectedStreamRevision>,
-) -> Expected {
+fn append_expected(option: Option<pb::append_req::options::ExpectedStreamRevision>) -> Expected {
     use pb::append_req::options::ExpectedStreamRevision as E;
     match option {
         Some(E::Revision(r)) => Expected::Revision(r),
@@ -205,9 +192,7 @@ fn append_expected(
 
 /// An event proposed by the client; "type" and "content-type" travel in
 /// the metadata map.
-fn proposed_event(
-    message: pb::append_req::ProposedMessage,
-) -> Result<NewEvent, Status> {
+fn proposed_event(message: pb::append_req::ProposedMessage) -> Result<NewEvent, Status> {
     let id = message
         .id
         .as_ref()
@@ -258,13 +243,9 @@ fn wrong_version(
             None => CurrentRevisionOption2060::NoStream2060(empty),
         }),
         expected_revision_option_20_6_0: match expected {
-            Expected::Revision(r) => {
-                Some(ExpectedRevisionOption2060::ExpectedRevision2060(r))
-            }
+            Expected::Revision(r) => Some(ExpectedRevisionOption2060::ExpectedRevision2060(r)),
             Expected::Any => Some(ExpectedRevisionOption2060::Any2060(empty)),
-            Expected::StreamExists => {
-                Some(ExpectedRevisionOption2060::StreamExists2060(empty))
-            }
+            Expected::StreamExists => Some(ExpectedRevisionOption2060::StreamExists2060(empty)),
             Expected::NoStream => None,
         },
         current_revision_option: Some(match current {
@@ -274,20 +255,14 @@ fn wrong_version(
         expected_revision_option: Some(match expected {
             Expected::Revision(r) => ExpectedRevisionOption::ExpectedRevision(r),
             Expected::Any => ExpectedRevisionOption::ExpectedAny(empty),
-            Expected::StreamExists => {
-                ExpectedRevisionOption::ExpectedStreamExists(empty)
-            }
+            Expected::StreamExists => ExpectedRevisionOption::ExpectedStreamExists(empty),
             Expected::NoStream => ExpectedRevisionOption::ExpectedNoStream(empty),
         }),
     }
 }
 
 /// Delete and tombstone report a version clash as a status.
-fn wrong_version_status(
-    stream: &str,
-    current: Option<u64>,
-    expected: Expected,
-) -> Status {
+fn wrong_version_status(stream: &str, current: Option<u64>, expected: Expected) -> Status {
     let actual = current.map_or("-1".to_owned(), |r| r.to_string());
     let expected = match expected {
         Expected::Any => "-2".to_owned(),
@@ -296,7 +271,10 @@ fn wrong_version_status(
         Expected::Revision(r) => r.to_string(),
     };
     let mut trailers = MetadataMap::new();
-    trailers.insert("exception", "wrong-expected-version".parse().expect("ascii"));
+    trailers.insert(
+        "exception",
+        "wrong-expected-version".parse().expect("ascii"),
+    );
     if let Ok(value) = stream.parse() {
         trailers.insert("stream-name", value);
     }
@@ -326,9 +304,7 @@ fn read_stream(
     use pb::read_req::options::stream_options::RevisionOption;
     let name = wire::stream_name(options.stream_identifier.as_ref());
     let data = match log.stream(&name) {
-        Some(data) if data.is_tombstoned() => {
-            return Err(status::stream_deleted(&name))
-        }
+        Some(data) if data.is_tombstoned() => return Err(status::stream_deleted(&name)),
         Some(data) if !data.is_absent() => data,
         _ => return Ok(vec![not_found(options.stream_identifier)]),
     };
@@ -401,7 +377,10 @@ fn read_event(log: &Log, record: &StoredEvent, shape: &ReadShape) -> pb::ReadRes
     let as_string = shape.uuid_as_string;
     let recorded = |e: &StoredEvent| recorded(e, position, as_string);
     let (event, link) = if shape.resolve_links && record.is_link() {
-        (log.resolve(record).map(|e| recorded(e)), Some(recorded(record)))
+        (
+            log.resolve(record).map(|e| recorded(e)),
+            Some(recorded(record)),
+        )
     } else {
         (Some(recorded(record)), None)
     };

@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use kurrentdb::{
-    AppendToStreamOptions, Client, ClientSettings, EventData, NakAction,
-    PersistentSubscription, PersistentSubscriptionEvent,
-    PersistentSubscriptionOptions, ReadStreamOptions, ResolvedEvent, StreamPosition,
-    StreamState, SubscribeToPersistentSubscriptionOptions, SystemConsumerStrategy,
+    AppendToStreamOptions, Client, ClientSettings, EventData, NakAction, PersistentSubscription,
+    PersistentSubscriptionEvent, PersistentSubscriptionOptions, ReadStreamOptions, ResolvedEvent,
+    StreamPosition, StreamState, SubscribeToPersistentSubscriptionOptions, SystemConsumerStrategy,
 };
 use kurrentdb_emulator::{NewEvent, Outcome, Server, Store};
 use serde_json::json;
@@ -41,7 +40,12 @@ fn seed(server: &Server, stream: &str, count: usize) {
     server.store().append(stream, events).unwrap();
 }
 
-async fn create(client: &Client, stream: &str, group: &str, options: PersistentSubscriptionOptions) {
+async fn create(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    options: PersistentSubscriptionOptions,
+) {
     client
         .create_persistent_subscription(stream, group, &options)
         .await
@@ -80,7 +84,10 @@ async fn next(sub: &mut PersistentSubscription) -> (ResolvedEvent, usize) {
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -94,15 +101,29 @@ async fn appends_and_reads_round_trip_through_the_official_client() {
     assert_eq!(info.version().major(), 24);
 
     let no_stream = AppendToStreamOptions::default().stream_state(StreamState::NoStream);
-    let written = client.append_to_stream("order-1", &no_stream, events(3)).await.unwrap();
+    let written = client
+        .append_to_stream("order-1", &no_stream, events(3))
+        .await
+        .unwrap();
     assert_eq!(written.next_expected_version, 2);
 
-    let clash = client.append_to_stream("order-1", &no_stream, events(1)).await;
-    assert!(matches!(clash, Err(kurrentdb::Error::WrongExpectedVersion { .. })), "{clash:?}");
+    let clash = client
+        .append_to_stream("order-1", &no_stream, events(1))
+        .await;
+    assert!(
+        matches!(clash, Err(kurrentdb::Error::WrongExpectedVersion { .. })),
+        "{clash:?}"
+    );
     let exact = AppendToStreamOptions::default().stream_state(StreamState::StreamRevision(2));
-    client.append_to_stream("order-1", &exact, events(1)).await.unwrap();
+    client
+        .append_to_stream("order-1", &exact, events(1))
+        .await
+        .unwrap();
 
-    let mut read = client.read_stream("order-1", &ReadStreamOptions::default()).await.unwrap();
+    let mut read = client
+        .read_stream("order-1", &ReadStreamOptions::default())
+        .await
+        .unwrap();
     let mut revisions = Vec::new();
     while let Some(event) = read.next().await.unwrap() {
         revisions.push(event.get_original_event().revision);
@@ -117,8 +138,14 @@ async fn appends_and_reads_round_trip_through_the_official_client() {
     let last = read.next().await.unwrap().unwrap();
     assert_eq!(last.get_original_event().revision, 3);
 
-    let mut missing = client.read_stream("nothing-here", &ReadStreamOptions::default()).await.unwrap();
-    assert!(matches!(missing.next().await, Err(kurrentdb::Error::ResourceNotFound)));
+    let mut missing = client
+        .read_stream("nothing-here", &ReadStreamOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        missing.next().await,
+        Err(kurrentdb::Error::ResourceNotFound)
+    ));
 }
 
 /// Appends to `order-*` streams show up in `$ce-order` as links that
@@ -138,7 +165,14 @@ async fn category_stream_links_resolve_to_the_original_events() {
         assert_eq!(link.event_type, "$>");
         seen.push((original.stream_id().to_owned(), original.revision));
     }
-    assert_eq!(seen, [("order-1".into(), 0), ("order-1".into(), 1), ("order-2".into(), 0)]);
+    assert_eq!(
+        seen,
+        [
+            ("order-1".into(), 0),
+            ("order-1".into(), 1),
+            ("order-2".into(), 0)
+        ]
+    );
 }
 
 /// A second create of the same group is AlreadyExists; subscribing to a
@@ -151,7 +185,10 @@ async fn duplicate_groups_and_missing_groups_are_refused() {
     let again = client
         .create_persistent_subscription("order-1", "g", &from_start())
         .await;
-    assert!(matches!(again, Err(kurrentdb::Error::ResourceAlreadyExists)), "{again:?}");
+    assert!(
+        matches!(again, Err(kurrentdb::Error::ResourceAlreadyExists)),
+        "{again:?}"
+    );
 
     let missing = client
         .subscribe_to_persistent_subscription(
@@ -160,7 +197,11 @@ async fn duplicate_groups_and_missing_groups_are_refused() {
             &SubscribeToPersistentSubscriptionOptions::default(),
         )
         .await;
-    assert!(matches!(missing, Err(kurrentdb::Error::ResourceNotFound)), "{:?}", missing.err());
+    assert!(
+        matches!(missing, Err(kurrentdb::Error::ResourceNotFound)),
+        "{:?}",
+        missing.err()
+    );
 }
 
 /// Acks advance the checkpoint; after a stop and a start over the same
@@ -197,7 +238,9 @@ async fn acked_events_advance_the_checkpoint_and_a_restart_resumes_after_it() {
 }
 
 fn seed_store(store: &Store, stream: &str, count: usize) {
-    let events = (0..count).map(|i| NewEvent::json("OrderPlaced", &json!({ "n": i }))).collect();
+    let events = (0..count)
+        .map(|i| NewEvent::json("OrderPlaced", &json!({ "n": i })))
+        .collect();
     store.append(stream, events).unwrap();
 }
 
@@ -222,7 +265,10 @@ async fn nack_retry_three_times_gives_four_deliveries() {
     }
     assert_eq!(counts, [0, 1, 2, 3]);
     let store = server.store();
-    eventually("the ack", || store.group_stats("order-1", "g").unwrap().acked == 1).await;
+    eventually("the ack", || {
+        store.group_stats("order-1", "g").unwrap().acked == 1
+    })
+    .await;
     let stats = store.group_stats("order-1", "g").unwrap();
     assert_eq!((stats.delivered, stats.nacked["retry"]), (4, 3));
 }
@@ -264,7 +310,10 @@ async fn parked_events_replay_with_a_fresh_retry_count() {
     let original_id = event.get_original_event().id;
     sub.nack(&event, NakAction::Park, "poison").await.unwrap();
     let store = server.store();
-    eventually("parking", || store.group_stats("order-1", "g").unwrap().parked == 1).await;
+    eventually("parking", || {
+        store.group_stats("order-1", "g").unwrap().parked == 1
+    })
+    .await;
 
     client
         .replay_parked_messages("order-1", "g", &Default::default())
@@ -304,7 +353,10 @@ async fn two_round_robin_consumers_share_the_events() {
     let mut a = subscribe(&client, "order-1", "g").await;
     let mut b = subscribe(&client, "order-1", "g").await;
     let store = server.store();
-    eventually("two consumers", || store.group_stats("order-1", "g").unwrap().connections == 2).await;
+    eventually("two consumers", || {
+        store.group_stats("order-1", "g").unwrap().connections == 2
+    })
+    .await;
     seed(&server, "order-1", 4);
 
     let mut revisions = Vec::new();
@@ -351,13 +403,19 @@ async fn resolved_links_are_acked_by_link_id() {
         let (event, _) = next(&mut sub).await;
         let original = event.event.as_ref().unwrap();
         let link = event.link.as_ref().unwrap();
-        assert_eq!((original.stream_id(), original.revision), ("order-1", expected));
+        assert_eq!(
+            (original.stream_id(), original.revision),
+            ("order-1", expected)
+        );
         assert_eq!(event.get_original_event().id, link.id);
         link_ids.push(link.id);
         sub.ack(&event).await.unwrap();
     }
     let store = server.store();
-    eventually("two acks", || store.group_stats("$ce-order", "g").unwrap().acked == 2).await;
+    eventually("two acks", || {
+        store.group_stats("$ce-order", "g").unwrap().acked == 2
+    })
+    .await;
     let stats = store.group_stats("$ce-order", "g").unwrap();
     let acked: Vec<_> = stats.settled.iter().map(|s| s.event_id).collect();
     assert_eq!(acked, link_ids);
@@ -366,7 +424,7 @@ async fn resolved_links_are_acked_by_link_id() {
 }
 
 /// Dropping every connection ends the subscription with an error rather
-/// than a panic, and a new client can subscribe again.
+/// than a panic; a new client, and the old one, can subscribe again.
 #[tokio::test]
 async fn dropped_connections_end_subscriptions_with_an_error() {
     let (server, client) = start().await;
@@ -376,13 +434,30 @@ async fn dropped_connections_end_subscriptions_with_an_error() {
     let (_unacked, _) = next(&mut sub).await;
 
     server.drop_connections().await;
-    let ended = tokio::time::timeout(WAIT, sub.next()).await.expect("ends in time");
+    let ended = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("ends in time");
     assert!(ended.is_err());
 
-    let client = client_for(&server);
-    let mut sub = subscribe(&client, "order-1", "g").await;
+    let fresh = client_for(&server);
+    let mut sub = subscribe(&fresh, "order-1", "g").await;
     let (event, retry) = next(&mut sub).await;
     assert_eq!((event.get_original_event().revision, retry), (0, 1));
+    sub.ack(&event).await.unwrap();
+
+    // The first client reconnects by itself on its next call.
+    let mut again = subscribe(&client, "order-1", "g").await;
+    seed(&server, "order-1", 2);
+    let mut revisions = Vec::new();
+    for _ in 0..2 {
+        let (event, _) = tokio::select! {
+            e = next(&mut sub) => e,
+            e = next(&mut again) => e,
+        };
+        revisions.push(event.get_original_event().revision);
+    }
+    revisions.sort_unstable();
+    assert_eq!(revisions, [1, 2]);
 }
 
 /// Streams, groups and checkpoints survive a stop and start over the same
@@ -391,7 +466,13 @@ async fn dropped_connections_end_subscriptions_with_an_error() {
 async fn stop_and_start_keeps_streams_groups_and_checkpoints() {
     let (server, client) = start().await;
     seed(&server, "order-1", 3);
-    create(&client, "order-1", "live", PersistentSubscriptionOptions::default()).await;
+    create(
+        &client,
+        "order-1",
+        "live",
+        PersistentSubscriptionOptions::default(),
+    )
+    .await;
     seed(&server, "order-1", 1);
 
     let store = server.store();

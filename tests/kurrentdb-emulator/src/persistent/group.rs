@@ -17,10 +17,18 @@
 //! - checkpoints record the position just before the lowest unsettled
 //!   event, under the min/max count and checkpoint-after rules.
 //!
-//! Known gaps: Pinned maps a stream's hash bucket straight onto a consumer
-//! index instead of balancing bucket ownership; duplicate event ids in one
-//! source overwrite each other's in-flight entry; statistics such as
-//! average rates are reported as 0.
+//! Known gaps:
+//! - Pinned maps a stream's hash bucket straight onto a consumer index
+//!   instead of balancing bucket ownership, and events waiting for a full
+//!   owner collect in the retry list without bound;
+//! - duplicate event ids in one source overwrite each other's in-flight
+//!   entry (upstream skips the duplicate);
+//! - `$all` groups see every event, system streams and the emulator's own
+//!   checkpoint and parked writes included; filters are not applied;
+//! - replays run to completion synchronously, so "a replay is already
+//!   running" never happens;
+//! - rates and measurements in GetInfo are reported as 0, status is
+//!   always "Live".
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -171,12 +179,7 @@ pub(crate) struct Group {
 
 impl Group {
     /// A new group, loaded from its checkpoint if one exists.
-    pub fn new(
-        stream: &str,
-        name: &str,
-        settings: Settings,
-        log: &Log,
-    ) -> Group {
+    pub fn new(stream: &str, name: &str, settings: Settings, log: &Log) -> Group {
         let source = if stream == ALL_STREAM {
             Source::All
         } else {
@@ -222,7 +225,10 @@ impl Group {
 
     /// The stream checkpoints are written to.
     pub fn checkpoint_stream(&self) -> String {
-        format!("$persistentsubscription-{}-checkpoint", self.subscription_id())
+        format!(
+            "$persistentsubscription-{}-checkpoint",
+            self.subscription_id()
+        )
     }
 
     /// The stream parked events are linked from.
@@ -266,11 +272,7 @@ impl Group {
     }
 
     /// Adds a consumer, confirms it, and pushes what it can take.
-    pub fn join(
-        &mut self,
-        log: &mut Log,
-        joining: Joining,
-    ) -> Result<(), GroupFull> {
+    pub fn join(&mut self, log: &mut Log, joining: Joining) -> Result<(), GroupFull> {
         let max = self.settings.max_subscriber_count;
         if max > 0 && self.consumers.len() >= max as usize {
             return Err(GroupFull);
@@ -303,8 +305,7 @@ impl Group {
     /// Removes a consumer whose call ended; its events go back to the
     /// others with `retry_count + 1`.
     pub fn leave(&mut self, log: &mut Log, consumer: u64) {
-        let Some(index) = self.consumers.iter().position(|c| c.id == consumer)
-        else {
+        let Some(index) = self.consumers.iter().position(|c| c.id == consumer) else {
             return;
         };
         self.consumers.remove(index);
@@ -362,9 +363,7 @@ impl Group {
                 continue;
             };
             match action {
-                Action::Retry | Action::Unknown => {
-                    self.retry_or_park(log, message)
-                }
+                Action::Retry | Action::Unknown => self.retry_or_park(log, message),
                 Action::Park => {
                     let why = format!("Client explicitly NAK'ed message.\n{reason}");
                     self.park(log, &message, &why);
@@ -408,9 +407,7 @@ impl Group {
         let Some(data) = log.stream(&parked) else {
             return;
         };
-        let end = stop_at
-            .unwrap_or(u64::MAX)
-            .min(data.next_revision());
+        let end = stop_at.unwrap_or(u64::MAX).min(data.next_revision());
         let mut replayed = Vec::new();
         for link in data.visible() {
             if link.revision >= end {
@@ -465,8 +462,7 @@ impl Group {
                 total_items: c.delivered as i64,
                 count_since_last_measurement: 0,
                 observed_measurements: Vec::new(),
-                available_slots: c.buffer_size.saturating_sub(c.in_flight)
-                    as i32,
+                available_slots: c.buffer_size.saturating_sub(c.in_flight) as i32,
                 in_flight_messages: c.in_flight as i32,
                 connection_name: c.connection_name.clone(),
             })
@@ -563,9 +559,7 @@ impl Group {
         let mut after: Option<(u64, u64)> = None;
         loop {
             let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-            let Some((&key, message)) =
-                self.retries.range((lower, Bound::Unbounded)).next()
-            else {
+            let Some((&key, message)) = self.retries.range((lower, Bound::Unbounded)).next() else {
                 return;
             };
             after = Some(key);
@@ -609,12 +603,7 @@ impl Group {
         }
     }
 
-    fn message_for(
-        &self,
-        log: &Log,
-        record: Arc<StoredEvent>,
-        seq: u64,
-    ) -> Message {
+    fn message_for(&self, log: &Log, record: Arc<StoredEvent>, seq: u64) -> Message {
         let target = if self.settings.resolve_links && record.is_link() {
             match log.resolve(&record) {
                 Some(event) => Target::Resolved(Arc::clone(event)),
@@ -661,9 +650,7 @@ impl Group {
                 self.next_consumer = (index + 1) % count;
                 Some(index)
             }
-            Strategy::DispatchToSingle => {
-                self.consumers.iter().position(Consumer::has_room)
-            }
+            Strategy::DispatchToSingle => self.consumers.iter().position(Consumer::has_room),
             Strategy::Pinned => {
                 let index = (bucket % count as u64) as usize;
                 self.consumers[index].has_room().then_some(index)
@@ -672,12 +659,7 @@ impl Group {
     }
 
     /// Sends a message; gives it back if the consumer's call is gone.
-    fn deliver(
-        &mut self,
-        index: usize,
-        message: Message,
-        now: Instant,
-    ) -> Result<(), Message> {
+    fn deliver(&mut self, index: usize, message: Message, now: Instant) -> Result<(), Message> {
         let consumer = &mut self.consumers[index];
         let response = read_event(&message, consumer.uuid_as_string);
         if consumer.outbox.send(Ok(response)).is_err() {
@@ -732,9 +714,7 @@ impl Group {
     /// Takes an id out of flight; the message is still pending.
     fn settle(&mut self, id: Uuid) -> Option<Message> {
         let held = self.in_flight.remove(&id)?;
-        if let Some(consumer) =
-            self.consumers.iter_mut().find(|c| c.id == held.consumer)
-        {
+        if let Some(consumer) = self.consumers.iter_mut().find(|c| c.id == held.consumer) {
             consumer.in_flight = consumer.in_flight.saturating_sub(1);
         }
         Some(held.message)
@@ -888,9 +868,7 @@ fn read_event(message: &Message, uuid_as_string: bool) -> pb::ReadResp {
     let record = |event: &StoredEvent| recorded(event, position, uuid_as_string);
     let (event, link) = match &message.target {
         Target::Itself => (Some(record(&message.original)), None),
-        Target::Resolved(event) => {
-            (Some(record(event)), Some(record(&message.original)))
-        }
+        Target::Resolved(event) => (Some(record(event)), Some(record(&message.original))),
         Target::Missing => (None, Some(record(&message.original))),
     };
     pb::ReadResp {

@@ -62,7 +62,8 @@ impl Groups {
         if self.groups.contains_key(&key) {
             return Err(GroupError::Exists);
         }
-        self.groups.insert(key, Group::new(stream, name, settings, log));
+        self.groups
+            .insert(key, Group::new(stream, name, settings, log));
         tracing::info!(stream, group = name, "group created");
         Ok(())
     }
@@ -84,12 +85,7 @@ impl Groups {
     }
 
     /// Removes a group with its checkpoint and parked streams.
-    pub fn delete(
-        &mut self,
-        log: &mut Log,
-        stream: &str,
-        name: &str,
-    ) -> Result<(), GroupError> {
+    pub fn delete(&mut self, log: &mut Log, stream: &str, name: &str) -> Result<(), GroupError> {
         let mut group = self
             .groups
             .remove(&key(stream, name))

@@ -53,8 +53,7 @@ fn group_definition(
     use pb::group_options::StreamOption;
     use pb::stream_options::RevisionOption;
 
-    let options =
-        options.ok_or_else(|| Status::invalid_argument("options are required"))?;
+    let options = options.ok_or_else(|| Status::invalid_argument("options are required"))?;
     let wire_settings = options.settings.unwrap_or_default();
     let (stream, start) = match options.stream_option {
         Some(StreamOption::Stream(s)) => {
@@ -97,8 +96,7 @@ impl persistent_subscriptions_server::PersistentSubscriptions for PersistentServ
         &self,
         request: Request<pb::CreateReq>,
     ) -> Result<Response<pb::CreateResp>, Status> {
-        let (stream, group, settings) =
-            group_definition(request.into_inner().options)?;
+        let (stream, group, settings) = group_definition(request.into_inner().options)?;
         let mut state = self.store.lock();
         let state = &mut *state;
         state
@@ -112,8 +110,7 @@ impl persistent_subscriptions_server::PersistentSubscriptions for PersistentServ
         &self,
         request: Request<pb::UpdateReq>,
     ) -> Result<Response<pb::UpdateResp>, Status> {
-        let (stream, group, settings) =
-            group_definition(request.into_inner().options)?;
+        let (stream, group, settings) = group_definition(request.into_inner().options)?;
         let mut state = self.store.lock();
         let state = &mut *state;
         state
@@ -167,8 +164,7 @@ impl persistent_subscriptions_server::PersistentSubscriptions for PersistentServ
             }) => options,
             _ => return Err(Status::invalid_argument("expected read options")),
         };
-        let (stream, group, joining, outbox) =
-            joining_for(options, connection_name, from);
+        let (stream, group, joining, outbox) = joining_for(options, connection_name, from);
         {
             let mut state = self.store.lock();
             let state = &mut *state;
@@ -244,10 +240,7 @@ impl persistent_subscriptions_server::PersistentSubscriptions for PersistentServ
         Ok(Response::new(pb::ReplayParkedResp {}))
     }
 
-    async fn list(
-        &self,
-        request: Request<pb::ListReq>,
-    ) -> Result<Response<pb::ListResp>, Status> {
+    async fn list(&self, request: Request<pb::ListReq>) -> Result<Response<pb::ListResp>, Status> {
         use pb::list_req::options::ListOption;
         use pb::list_req::stream_option::StreamOption;
         let options = request.into_inner().options.unwrap_or_default();
@@ -268,10 +261,7 @@ impl persistent_subscriptions_server::PersistentSubscriptions for PersistentServ
         Ok(Response::new(pb::ListResp { subscriptions }))
     }
 
-    async fn restart_subsystem(
-        &self,
-        _request: Request<Empty>,
-    ) -> Result<Response<Empty>, Status> {
+    async fn restart_subsystem(&self, _request: Request<Empty>) -> Result<Response<Empty>, Status> {
         let mut state = self.store.lock();
         let state = &mut *state;
         state.groups.restart(&state.log);
@@ -330,14 +320,9 @@ async fn drain_settlements(
                 let ids = ids_of(&nack.ids);
                 let action = pb::read_req::nack::Action::try_from(nack.action)
                     .unwrap_or(pb::read_req::nack::Action::Unknown);
-                state.groups.nack(
-                    &mut state.log,
-                    &stream,
-                    &group,
-                    &ids,
-                    action,
-                    &nack.reason,
-                );
+                state
+                    .groups
+                    .nack(&mut state.log, &stream, &group, &ids, action, &nack.reason);
             }
             // A second options message means nothing upstream either.
             Some(Content::Options(_)) | None => {}
@@ -345,7 +330,9 @@ async fn drain_settlements(
     }
     let mut state = store.lock();
     let state = &mut *state;
-    state.groups.leave(&mut state.log, &stream, &group, consumer);
+    state
+        .groups
+        .leave(&mut state.log, &stream, &group, consumer);
 }
 
 /// Ids in either wire form; malformed ones are ignored.

@@ -104,18 +104,14 @@ impl Default for Settings {
 impl Settings {
     /// Reads the wire settings. The error is the reason text the server
     /// sends in its `persistent-subscription-failed` answer.
-    pub fn from_wire(
-        wire: &pb::Settings,
-        start_from: StartFrom,
-    ) -> Result<Settings, String> {
+    pub fn from_wire(wire: &pb::Settings, start_from: StartFrom) -> Result<Settings, String> {
         let strategy_name = if wire.consumer_strategy.is_empty() {
             named_strategy(wire.named_consumer_strategy).to_owned()
         } else {
             wire.consumer_strategy.clone()
         };
-        let strategy = Strategy::parse(&strategy_name).ok_or_else(|| {
-            format!("Consumer strategy {strategy_name} does not exist.")
-        })?;
+        let strategy = Strategy::parse(&strategy_name)
+            .ok_or_else(|| format!("Consumer strategy {strategy_name} does not exist."))?;
 
         let settings = Settings {
             resolve_links: wire.resolve_links,
@@ -140,12 +136,10 @@ impl Settings {
     pub fn validate(&self) -> Result<(), String> {
         if self.read_batch_size >= self.history_buffer_size {
             // The server reports the .NET exception's message verbatim.
-            return Err(
-                "Specified argument was out of the range of valid values. \
+            return Err("Specified argument was out of the range of valid values. \
                  (Parameter 'ReadBatchSize may not be greater than or \
                  equal to BufferSize')"
-                    .to_owned(),
-            );
+                .to_owned());
         }
         Ok(())
     }
