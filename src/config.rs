@@ -190,7 +190,10 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -282,15 +285,17 @@ impl Settings {
     /// The settings as TOML, with passwords in connection strings masked.
     pub fn to_masked_toml(&self) -> String {
         let mut masked = self.clone();
-        masked.kurrentdb.connection_string =
-            mask_url(&masked.kurrentdb.connection_string);
+        masked.kurrentdb.connection_string = mask_url(&masked.kurrentdb.connection_string);
         masked.postgres.url = mask_url(&masked.postgres.url);
         toml::to_string_pretty(&masked).unwrap_or_default()
     }
 }
 
 fn invalid(key: &'static str, reason: &str) -> Result<(), ConfigError> {
-    Err(ConfigError::Invalid { key, reason: reason.to_string() })
+    Err(ConfigError::Invalid {
+        key,
+        reason: reason.to_string(),
+    })
 }
 
 /// Where a newly created group starts.
@@ -309,9 +314,10 @@ pub fn parse_start_from(text: &str) -> Result<StartFrom, String> {
     match text.trim() {
         "start" => Ok(StartFrom::Start),
         "end" => Ok(StartFrom::End),
-        other => other.parse().map(StartFrom::Revision).map_err(|_| {
-            format!("expected \"start\", \"end\" or a revision, got {other:?}")
-        }),
+        other => other
+            .parse()
+            .map(StartFrom::Revision)
+            .map_err(|_| format!("expected \"start\", \"end\" or a revision, got {other:?}")),
     }
 }
 
@@ -374,7 +380,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -415,10 +424,12 @@ mod tests {
 
     #[test]
     fn example_file_lists_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("config/outbox-relay.example.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/outbox-relay.example.toml");
         let loaded = Settings::load_from(Some(&path), env(&[])).unwrap();
-        assert_eq!(loaded.to_masked_toml(), Settings::default().to_masked_toml());
+        assert_eq!(
+            loaded.to_masked_toml(),
+            Settings::default().to_masked_toml()
+        );
     }
 
     #[test]

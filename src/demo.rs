@@ -64,7 +64,11 @@ pub async fn run(args: DemoArgs, mut settings: Settings) -> Result<(), String> {
 
     let store = store_for(&settings)?;
     let orders = store.list_orders(50).await.map_err(|e| e.to_string())?;
-    println!("\n{} orders in order_fulfillment ({}):", orders.len(), args.database);
+    println!(
+        "\n{} orders in order_fulfillment ({}):",
+        orders.len(),
+        args.database
+    );
     for o in &orders {
         println!(
             "  {}  {:<20} {:>2} items  {} {}",
@@ -85,9 +89,7 @@ fn seed_files(given: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     }
     let dir = Path::new(DEFAULT_SEEDS);
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| {
-            format!("no --seed given and {} is unreadable: {e}", dir.display())
-        })?
+        .map_err(|e| format!("no --seed given and {} is unreadable: {e}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
@@ -121,11 +123,7 @@ fn free_port() -> std::io::Result<SocketAddr> {
     TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
-fn start_emulator(
-    args: &DemoArgs,
-    seeds: &[PathBuf],
-    addr: SocketAddr,
-) -> Result<Child, String> {
+fn start_emulator(args: &DemoArgs, seeds: &[PathBuf], addr: SocketAddr) -> Result<Child, String> {
     let binary = match &args.emulator {
         Some(path) => path.clone(),
         None => std::env::current_exe()
@@ -138,6 +136,7 @@ fn start_emulator(
         command.arg("--seed").arg(seed);
     }
     command
+        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -193,6 +192,5 @@ async fn relay_until_written(
 }
 
 fn store_for(settings: &Settings) -> Result<Store, String> {
-    Store::connect(&settings.postgres.url, 2, Duration::from_secs(5))
-        .map_err(|e| e.to_string())
+    Store::connect(&settings.postgres.url, 2, Duration::from_secs(5)).map_err(|e| e.to_string())
 }

@@ -18,9 +18,9 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::config::{PoisonAction, RelaySettings};
+use crate::order::{self, DecodeLimits, Order, Poison};
 use crate::relay::Backoff;
 use crate::shutdown::Stop;
-use crate::order::{self, DecodeLimits, Order, Poison};
 use crate::source::{Delivery, Nack};
 use crate::store::{DeadLetter, EventSource, Store, StoreError};
 
@@ -116,11 +116,9 @@ impl Handler {
         for delivery in batch {
             match self.decode(&delivery) {
                 Decoded::Ignore => settled.push(ack(&delivery)),
-                _ if unavailable => settled.push(nack(
-                    &delivery,
-                    Nack::Retry,
-                    "postgres unavailable",
-                )),
+                _ if unavailable => {
+                    settled.push(nack(&delivery, Nack::Retry, "postgres unavailable"))
+                }
                 Decoded::Order(order) => pending.push(Pending { delivery, order }),
                 Decoded::Poison(poison) => {
                     settled.push(self.give_up(&delivery, &poison).await);
@@ -169,8 +167,10 @@ impl Handler {
         if pending.is_empty() {
             return;
         }
-        let rows: Vec<(&Order, EventSource)> =
-            pending.iter().map(|p| (&p.order, source_of(&p.delivery))).collect();
+        let rows: Vec<(&Order, EventSource)> = pending
+            .iter()
+            .map(|p| (&p.order, source_of(&p.delivery)))
+            .collect();
         let result = self.with_retry(|| self.store.upsert_orders(&rows)).await;
         match result {
             Ok(_) => {
@@ -237,7 +237,9 @@ impl Handler {
             content_type: &delivery.content_type,
             payload: &delivery.data,
         };
-        let recorded = self.with_retry(|| self.store.record_dead_letter(&letter)).await;
+        let recorded = self
+            .with_retry(|| self.store.record_dead_letter(&letter))
+            .await;
         if let Err(e) = recorded {
             warn!(
                 event_id = %delivery.event_id,
@@ -306,7 +308,10 @@ fn source_of(delivery: &Delivery) -> EventSource {
 }
 
 fn ack(delivery: &Delivery) -> Settled {
-    Settled { ack_id: delivery.ack_id, verdict: Verdict::Ack }
+    Settled {
+        ack_id: delivery.ack_id,
+        verdict: Verdict::Ack,
+    }
 }
 
 fn nack(delivery: &Delivery, action: Nack, reason: &str) -> Settled {

@@ -104,11 +104,7 @@ pub async fn run(
 
 /// Applies migrations, waiting for PostgreSQL if it is not up yet.
 /// Returns false if a stop came first.
-async fn prepare(
-    store: &Store,
-    settings: &Settings,
-    stop: &mut Stop,
-) -> Result<bool, RelayError> {
+async fn prepare(store: &Store, settings: &Settings, stop: &mut Stop) -> Result<bool, RelayError> {
     let mut delays = reconnect_backoff(settings);
     loop {
         match store.migrate().await {
@@ -291,7 +287,10 @@ async fn settle(
         match s.verdict {
             Verdict::Ack => acks.push(s.ack_id),
             Verdict::Nack(action, reason) => {
-                match nacks.iter_mut().find(|(a, r, _)| *a == action && *r == reason) {
+                match nacks
+                    .iter_mut()
+                    .find(|(a, r, _)| *a == action && *r == reason)
+                {
                     Some((_, _, ids)) => ids.push(s.ack_id),
                     None => nacks.push((action, reason, vec![s.ack_id])),
                 }

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kurrentdb::{
-    Client, ClientSettings, NakAction, PersistentSubscription,
-    PersistentSubscriptionOptions, ReplayParkedMessagesOptions, ResolvedEvent,
-    StreamPosition, SubscribeToPersistentSubscriptionOptions,
+    Client, ClientSettings, NakAction, PersistentSubscription, PersistentSubscriptionOptions,
+    ReplayParkedMessagesOptions, ResolvedEvent, StreamPosition,
+    SubscribeToPersistentSubscriptionOptions,
 };
 use uuid::Uuid;
 
@@ -31,7 +31,9 @@ pub enum SourceError {
     #[error("KurrentDB refused access (check the credentials in kurrentdb.connection_string)")]
     AccessDenied,
     /// The group does not exist and `kurrentdb.create_group` is off.
-    #[error("consumer group {group} on {stream} does not exist and kurrentdb.create_group is false")]
+    #[error(
+        "consumer group {group} on {stream} does not exist and kurrentdb.create_group is false"
+    )]
     GroupMissing {
         /// The subscribed stream.
         stream: String,
@@ -185,8 +187,7 @@ impl Delivery {
 
 /// A link whose target was deleted arrives as the bare link event.
 fn is_unresolved_link(event: &ResolvedEvent) -> bool {
-    event.link.is_none()
-        && event.event.as_ref().is_some_and(|e| e.event_type == "$>")
+    event.link.is_none() && event.event.as_ref().is_some_and(|e| e.event_type == "$>")
 }
 
 fn content_type(event: &kurrentdb::RecordedEvent) -> String {

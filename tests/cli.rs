@@ -33,7 +33,10 @@ fn check_config_prints_effective_settings_with_passwords_masked() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("group = \"from-file\""), "{text}");
     assert!(text.contains("stream = \"$ce-invoice\""), "{text}");
-    assert!(text.contains("postgres://app:****@db:5432/orders"), "{text}");
+    assert!(
+        text.contains("postgres://app:****@db:5432/orders"),
+        "{text}"
+    );
     assert!(!text.contains("hunter2"));
 }
 
@@ -80,8 +83,10 @@ async fn binary_relays_tutorial_orders_and_exits_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
 
-    let written =
-        wait_until(Duration::from_secs(30), || async { db.order_count().await == 10 }).await;
+    let written = wait_until(Duration::from_secs(30), || async {
+        db.order_count().await == 10
+    })
+    .await;
     // SAFETY: sends a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = wait_for_exit(&mut child, Duration::from_secs(15));

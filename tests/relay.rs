@@ -44,10 +44,8 @@ fn expected_orders() -> HashMap<String, Expected> {
                     let qty = Decimal::from(item["quantity"].as_i64().unwrap());
                     let rate = Decimal::from_str(&item["taxRate"].to_string()).unwrap();
                     let line = price * qty;
-                    let tax = (line * rate).round_dp_with_strategy(
-                        2,
-                        RoundingStrategy::MidpointNearestEven,
-                    );
+                    let tax = (line * rate)
+                        .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven);
                     total += line + tax;
                 }
                 orders.insert(
@@ -66,7 +64,10 @@ fn expected_orders() -> HashMap<String, Expected> {
 }
 
 async fn wait_for_orders(db: &TestDb, n: i64) -> bool {
-    wait_until(Duration::from_secs(20), || async { db.order_count().await == n }).await
+    wait_until(Duration::from_secs(20), || async {
+        db.order_count().await == n
+    })
+    .await
 }
 
 /// Every event the group delivered has been acked or nacked.
@@ -131,7 +132,10 @@ async fn events_of_other_types_are_acked_and_ignored() {
     let store = EventStore::new();
     let note = NewEvent::json("order-note-added", &serde_json::json!({"note": "x"}));
     store
-        .append("order-a1", vec![order_event("order-a1", "c-1", &[("USD1.00", 1)])])
+        .append(
+            "order-a1",
+            vec![order_event("order-a1", "c-1", &[("USD1.00", 1)])],
+        )
         .unwrap();
     store.append("order-a1", vec![note]).unwrap();
     let emulator = start_emulator(store).await;
@@ -142,7 +146,11 @@ async fn events_of_other_types_are_acked_and_ignored() {
     relay.stop().await.unwrap();
 
     let stats = emulator.store().group_stats(GROUP_STREAM, GROUP).unwrap();
-    let acks = stats.settled.iter().filter(|s| s.outcome == Outcome::Ack).count();
+    let acks = stats
+        .settled
+        .iter()
+        .filter(|s| s.outcome == Outcome::Ack)
+        .count();
     assert_eq!(acks, 2, "both the order and the note are acked");
 }
 
@@ -200,7 +208,10 @@ async fn redelivered_events_leave_rows_untouched() {
         .await
         .unwrap();
     let relay = RunningRelay::start(settings(&emulator.connection_string(), &db));
-    assert!(wait_until_settled(&emulator, 10).await, "all ten delivered again");
+    assert!(
+        wait_until_settled(&emulator, 10).await,
+        "all ten delivered again"
+    );
     relay.stop().await.unwrap();
 
     assert_eq!(db.order_count().await, 10);
@@ -211,7 +222,10 @@ async fn updated_at(db: &TestDb) -> Vec<(String, chrono::DateTime<chrono::Utc>)>
     let rows = db
         .client()
         .await
-        .query("SELECT order_id, updated_at FROM order_fulfillment ORDER BY order_id", &[])
+        .query(
+            "SELECT order_id, updated_at FROM order_fulfillment ORDER BY order_id",
+            &[],
+        )
         .await
         .unwrap();
     rows.iter().map(|r| (r.get(0), r.get(1))).collect()
@@ -232,19 +246,27 @@ async fn postgres_outage_loses_no_event() {
 
     let events = emulator.store();
     events
-        .append("order-b0", vec![order_event("order-b0", "c", &[("USD2.00", 1)])])
+        .append(
+            "order-b0",
+            vec![order_event("order-b0", "c", &[("USD2.00", 1)])],
+        )
         .unwrap();
     assert!(wait_for_orders(&db, 1).await);
 
     proxy.cut();
     for i in 1..=20 {
         let id = format!("order-b{i}");
-        events.append(&id, vec![order_event(&id, "c", &[("USD2.00", 1)])]).unwrap();
+        events
+            .append(&id, vec![order_event(&id, "c", &[("USD2.00", 1)])])
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.restore().await;
 
-    assert!(wait_for_orders(&db, 21).await, "every order written after recovery");
+    assert!(
+        wait_for_orders(&db, 21).await,
+        "every order written after recovery"
+    );
     relay.stop().await.unwrap();
     assert_eq!(count_nacks(&emulator, "skip"), 0);
     assert_eq!(count_nacks(&emulator, "park"), 0);
@@ -256,7 +278,10 @@ async fn postgres_outage_loses_no_event() {
 #[tokio::test]
 async fn relay_started_before_the_emulator_connects_when_it_listens() {
     let db = TestDb::create().await;
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let relay = RunningRelay::start(settings(&format!("kurrentdb://{addr}?tls=false"), &db));
     tokio::time::sleep(Duration::from_millis(1500)).await;
 

@@ -48,7 +48,10 @@ impl TestDb {
     /// Number of rows in `order_fulfillment` (0 before migrations ran).
     pub async fn order_count(&self) -> i64 {
         let client = self.client().await;
-        match client.query_one("SELECT count(*) FROM order_fulfillment", &[]).await {
+        match client
+            .query_one("SELECT count(*) FROM order_fulfillment", &[])
+            .await
+        {
             Ok(row) => row.get(0),
             Err(_) => 0,
         }
@@ -56,7 +59,10 @@ impl TestDb {
 
     pub async fn dead_letter_count(&self) -> i64 {
         let client = self.client().await;
-        match client.query_one("SELECT count(*) FROM dead_letters", &[]).await {
+        match client
+            .query_one("SELECT count(*) FROM dead_letters", &[])
+            .await
+        {
             Ok(row) => row.get(0),
             Err(_) => 0,
         }
@@ -72,9 +78,7 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(ADMIN_URL, NoTls).await
-                {
+                if let Ok((client, conn)) = tokio_postgres::connect(ADMIN_URL, NoTls).await {
                     tokio::spawn(conn);
                     let _ = client.batch_execute(&sql).await;
                 }
@@ -99,8 +103,7 @@ async fn admin_execute(sql: &str) {
 
 /// The tutorial's seed files, read from `../shared` beside the repository.
 pub fn tutorial_seed_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/tutorial-seed");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tutorial-seed");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -121,7 +124,9 @@ pub async fn seeded_emulator() -> Server {
 }
 
 pub async fn start_emulator(store: EventStore) -> Server {
-    Server::start("127.0.0.1:0".parse().unwrap(), store).await.unwrap()
+    Server::start("127.0.0.1:0".parse().unwrap(), store)
+        .await
+        .unwrap()
 }
 
 /// Relay settings for a test: quick reconnects and quick retries.
@@ -151,7 +156,10 @@ impl RunningRelay {
         let task = tokio::spawn(outbox_relay::relay::run(settings, async move {
             let _ = rx.await;
         }));
-        RunningRelay { stop: Some(tx), task }
+        RunningRelay {
+            stop: Some(tx),
+            task,
+        }
     }
 
     /// Asks the relay to stop and returns how it ended.

@@ -18,7 +18,11 @@ impl Proxy {
     pub async fn start(upstream: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Proxy { addr, upstream, tasks: Arc::default() };
+        let proxy = Proxy {
+            addr,
+            upstream,
+            tasks: Arc::default(),
+        };
         proxy.serve(listener);
         proxy
     }
@@ -34,8 +38,7 @@ impl Proxy {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let pipe = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
-                            .await;
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
                 tasks.lock().unwrap().push(pipe);
