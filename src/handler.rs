@@ -119,7 +119,7 @@ impl Handler {
                 _ if unavailable => {
                     settled.push(nack(&delivery, Nack::Retry, "postgres unavailable"))
                 }
-                Decoded::Order(order) => pending.push(Pending { delivery, order }),
+                Decoded::Order(order) => pending.push(Pending { delivery, order: *order }),
                 Decoded::Poison(poison) => {
                     settled.push(self.give_up(&delivery, &poison).await);
                 }
@@ -155,7 +155,7 @@ impl Handler {
             )
         }));
         match decoded {
-            Ok(Ok(order)) => Decoded::Order(order),
+            Ok(Ok(order)) => Decoded::Order(Box::new(order)),
             Ok(Err(poison)) => Decoded::Poison(poison),
             Err(_) => Decoded::Poison(Poison::handler_panicked()),
         }
@@ -294,7 +294,7 @@ impl Handler {
 
 enum Decoded {
     Ignore,
-    Order(Order),
+    Order(Box<Order>),
     Poison(Poison),
 }
 
