@@ -37,7 +37,29 @@ pub enum Command {
         #[arg(long)]
         stop_at: Option<usize>,
     },
+    /// Manage the consumer group on KurrentDB.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Append the streams in tutorial-format seed files (or in every
+    /// `.json` file of a directory) to KurrentDB; streams that already
+    /// exist are left alone, so seeding twice appends nothing.
+    Seed {
+        /// Seed files or directories of them.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
     /// Run the whole pipeline on this machine: an emulated KurrentDB seeded
     /// with sample orders, the relay, and the local PostgreSQL.
     Demo(crate::demo::DemoArgs),
+}
+
+/// `outbox-relay group ...`: the configured `kurrentdb.stream` and
+/// `kurrentdb.group`.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create the consumer group with the configured settings, unless it
+    /// exists.
+    Create,
+    /// Print the group's settings and live statistics.
+    Info,
 }

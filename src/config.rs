@@ -31,6 +31,8 @@ pub struct Settings {
     pub relay: RelaySettings,
     /// How the relay reports what it does.
     pub log: LogSettings,
+    /// The metrics and health endpoint.
+    pub http: HttpSettings,
 }
 
 /// The KurrentDB side: the connection and the consumer group.
@@ -69,6 +71,10 @@ pub struct KurrentDbSettings {
     pub checkpoint_after_ms: u64,
     /// Only events of this type are written; others are acked and ignored.
     pub event_type: String,
+    /// How long the relay keeps trying to reach KurrentDB at start-up before
+    /// it gives up with an error (0: forever). Once it has subscribed, it
+    /// retries forever.
+    pub startup_timeout_ms: u64,
     /// First wait before reconnecting after the subscription drops.
     pub reconnect_initial_ms: u64,
     /// Longest wait between reconnection attempts.
@@ -92,6 +98,7 @@ impl Default for KurrentDbSettings {
             history_buffer_size: 500,
             checkpoint_after_ms: 2_000,
             event_type: "order-placed".into(),
+            startup_timeout_ms: 60_000,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 10_000,
         }
@@ -110,6 +117,10 @@ pub struct PostgresSettings {
     pub connect_timeout_ms: u64,
     /// Apply the SQL in `migrations/` at start-up.
     pub migrate: bool,
+    /// A PEM file of certificate authorities trusted for TLS, in addition
+    /// to the system's. Used only with `sslmode=require` in `url`; empty
+    /// for none.
+    pub tls_ca_file: String,
 }
 
 impl Default for PostgresSettings {
@@ -119,6 +130,7 @@ impl Default for PostgresSettings {
             pool_size: 4,
             connect_timeout_ms: 5_000,
             migrate: true,
+            tls_ca_file: String::new(),
         }
     }
 }
@@ -193,6 +205,31 @@ impl Default for LogSettings {
         Self {
             format: LogFormat::Text,
             level: "info".into(),
+        }
+    }
+}
+
+/// The HTTP endpoint serving `/metrics`, `/health/live` and
+/// `/health/ready`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Serve the endpoint at all.
+    pub enabled: bool,
+    /// The address to listen on, `host:port`; port 0 picks a free one
+    /// (the chosen address is logged).
+    pub listen: String,
+    /// How often the lag behind the subscribed stream's last event is
+    /// measured (one small read from KurrentDB each time).
+    pub lag_poll_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "0.0.0.0:9187".into(),
+            lag_poll_ms: 5_000,
         }
     }
 }
@@ -278,6 +315,12 @@ impl Settings {
         }
         if self.relay.batch_size == 0 {
             return invalid("relay.batch_size", "must be at least 1");
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("http.listen", "must be an address like 0.0.0.0:9187");
+        }
+        if self.http.lag_poll_ms == 0 {
+            return invalid("http.lag_poll_ms", "must be at least 1");
         }
         Ok(())
     }

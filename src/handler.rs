@@ -18,11 +18,12 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::config::{PoisonAction, RelaySettings};
+use crate::metrics;
 use crate::order::{self, DecodeLimits, Order, Poison};
 use crate::relay::Backoff;
 use crate::shutdown::Stop;
 use crate::source::{Delivery, Nack};
-use crate::store::{DeadLetter, EventSource, Store, StoreError};
+use crate::store::{DeadLetter, EventSource, Store, StoreError, WriteOutcome};
 
 /// The outcome for one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,9 +114,13 @@ impl Handler {
         let mut settled = Vec::with_capacity(batch.len());
         let mut pending = Vec::with_capacity(batch.len());
         let unavailable = self.store_unavailable();
+        let newest = batch.iter().map(|d| d.position).max();
         for delivery in batch {
             match self.decode(&delivery) {
-                Decoded::Ignore => settled.push(ack(&delivery)),
+                Decoded::Ignore => {
+                    metrics::events_ignored(1);
+                    settled.push(ack(&delivery));
+                }
                 _ if unavailable => {
                     settled.push(nack(&delivery, Nack::Retry, "postgres unavailable"))
                 }
@@ -126,6 +131,7 @@ impl Handler {
             }
         }
         self.write(pending, &mut settled).await;
+        record_verdicts(&settled, newest);
         settled
     }
 
@@ -171,9 +177,16 @@ impl Handler {
             .iter()
             .map(|p| (&p.order, source_of(&p.delivery)))
             .collect();
+        let started = Instant::now();
         let result = self.with_retry(|| self.store.upsert_orders(&rows)).await;
         match result {
-            Ok(_) => {
+            Ok(outcomes) => {
+                let written = outcomes
+                    .iter()
+                    .filter(|o| **o != WriteOutcome::Unchanged)
+                    .count();
+                let duplicate = pending.len() - written;
+                metrics::batch_written(written, duplicate, started.elapsed());
                 for p in &pending {
                     debug!(
                         event_id = %p.delivery.event_id,
@@ -296,6 +309,22 @@ enum Decoded {
     Ignore,
     Order(Box<Order>),
     Poison(Poison),
+}
+
+/// Counts the verdicts that are not writes, and notes how far into the
+/// subscribed stream the relay has got (see [`crate::metrics`]).
+fn record_verdicts(settled: &[Settled], newest: Option<u64>) {
+    let nacked = |action: Nack| {
+        settled
+            .iter()
+            .filter(|s| matches!(&s.verdict, Verdict::Nack(a, _) if *a == action))
+            .count()
+    };
+    metrics::events_retried(nacked(Nack::Retry));
+    metrics::events_poisoned(nacked(Nack::Skip) + nacked(Nack::Park));
+    if let Some(position) = newest {
+        metrics::settled_through(position);
+    }
 }
 
 fn source_of(delivery: &Delivery) -> EventSource {

@@ -21,6 +21,11 @@
 //!   stream name, as the tutorial writes them; other streams are not checked.
 //! * A `\u0000` anywhere in the document is refused: PostgreSQL can store it
 //!   in neither `text` nor `jsonb`.
+//! * Identifiers (`orderId`, `customerId`, `checkoutOfCart`, `productId`)
+//!   are at most [`MAX_ID_BYTES`] long and `productName` at most
+//!   [`MAX_NAME_BYTES`], in UTF-8 bytes; the schema checks the same bounds,
+//!   so an over-long string is poison here instead of a database error.
+//! * An order has at most [`DecodeLimits::max_line_items`] lines.
 //!
 //! Known shortcomings: unknown fields inside a line item are dropped (only
 //! unknown top-level fields are kept, in [`Order::extra`]); numbers inside
@@ -45,8 +50,12 @@ use PoisonReason as R;
 /// The content type the tutorial's events carry.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
 
-/// Longest `orderId` accepted, in bytes; it is the table's unique key.
-pub const MAX_ORDER_ID_BYTES: usize = 256;
+/// Longest identifier accepted, in UTF-8 bytes: `orderId` (the table's
+/// unique key), `customerId`, `checkoutOfCart` and each `productId`.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Longest `productName` accepted, in UTF-8 bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
 
 /// Bounds on what [`decode`] is willing to look at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +64,9 @@ pub struct DecodeLimits {
     pub max_bytes: usize,
     /// Deepest nesting of objects and arrays accepted; bounds recursion.
     pub max_depth: usize,
+    /// Most `lineItems` accepted in one order. A real order this long is
+    /// unlikely; a producer looping over the same line is not.
+    pub max_line_items: usize,
 }
 
 impl Default for DecodeLimits {
@@ -62,6 +74,7 @@ impl Default for DecodeLimits {
         DecodeLimits {
             max_bytes: 1024 * 1024,
             max_depth: 64,
+            max_line_items: 1000,
         }
     }
 }
@@ -185,6 +198,11 @@ pub enum PoisonReason {
     InvalidTimestamp,
     /// `lineItems` is empty.
     NoLineItems,
+    /// `lineItems` has more than [`DecodeLimits::max_line_items`] lines.
+    TooManyLineItems,
+    /// A string is longer than its column allows ([`MAX_ID_BYTES`],
+    /// [`MAX_NAME_BYTES`]).
+    TextTooLong,
     /// Text contains U+0000, which PostgreSQL cannot store.
     TextNotStorable,
     /// The decoder panicked; a bug, but the event is parked, not retried
@@ -219,6 +237,8 @@ impl PoisonReason {
             AmountOverflow => "amount_overflow",
             InvalidTimestamp => "invalid_timestamp",
             NoLineItems => "no_line_items",
+            TooManyLineItems => "too_many_line_items",
+            TextTooLong => "text_too_long",
             TextNotStorable => "text_not_storable",
             DecoderPanicked => "decoder_panicked",
             RejectedByDatabase => "rejected_by_database",
@@ -246,7 +266,7 @@ pub fn decode(
     let text = check_payload(data, limits)?;
     let mut fields = parse_object(text, limits.max_depth)?;
 
-    let order = build_order(&mut fields)?;
+    let order = build_order(&mut fields, limits)?;
     check_stream(&order.order_id, stream)?;
 
     Ok(order)
@@ -352,12 +372,14 @@ fn kind(raw: &RawValue) -> &'static str {
 }
 
 /// Builds the order from its fields; whatever is left over is `extra`.
-fn build_order(fields: &mut Fields<'_>) -> Result<Order, Poison> {
+fn build_order(fields: &mut Fields<'_>, limits: &DecodeLimits) -> Result<Order, Poison> {
     let order_id = order_id(required_string(fields, "orderId")?)?;
-    let customer_id = non_blank(fields, "customerId")?;
-    let checkout_of_cart = optional_string(fields, "checkoutOfCart")?;
+    let customer_id = bounded(non_blank(fields, "customerId")?, "customerId", MAX_ID_BYTES)?;
+    let checkout_of_cart = optional_string(fields, "checkoutOfCart")?
+        .map(|cart| bounded(cart, "checkoutOfCart", MAX_ID_BYTES))
+        .transpose()?;
     let items = required(fields, "lineItems")?;
-    let (line_items, currency) = line_items(items)?;
+    let (line_items, currency) = line_items(items, limits.max_line_items)?;
     let (subtotal, tax) = totals(&line_items, &currency)?;
     let total = subtotal
         .checked_add(tax)
@@ -432,13 +454,21 @@ fn expect_kind(raw: &RawValue, want: &str, path: &str) -> Result<(), Poison> {
     Err(Poison::new(R::WrongType, detail))
 }
 
+/// Refuses text longer than `max` bytes, the bound its column checks.
+fn bounded(text: String, path: &str, max: usize) -> Result<String, Poison> {
+    if text.len() <= max {
+        return Ok(text);
+    }
+    let detail = format!("{path}: {} bytes, limit {max}", text.len());
+    Err(Poison::new(R::TextTooLong, detail))
+}
+
 /// An order id is a key: non-empty, bounded, no control characters and no
 /// surrounding whitespace.
 fn order_id(id: String) -> Result<String, Poison> {
+    let id = bounded(id, "orderId", MAX_ID_BYTES)?;
     let problem = if id.is_empty() {
         "is empty"
-    } else if id.len() > MAX_ORDER_ID_BYTES {
-        "is too long"
     } else if id.trim() != id {
         "has surrounding whitespace"
     } else if id.chars().any(char::is_control) {
@@ -459,11 +489,15 @@ fn check_stream(order_id: &str, stream: &str) -> Result<(), Poison> {
 }
 
 /// Decodes every line and checks they share one currency.
-fn line_items(raw: &RawValue) -> Result<(Vec<LineItem>, String), Poison> {
+fn line_items(raw: &RawValue, max: usize) -> Result<(Vec<LineItem>, String), Poison> {
     expect_kind(raw, "array", "lineItems")?;
     let raws: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(not_json)?;
     if raws.is_empty() {
         return Err(Poison::new(R::NoLineItems, "lineItems is empty"));
+    }
+    if raws.len() > max {
+        let detail = format!("{} lines, limit {max}", raws.len());
+        return Err(Poison::new(R::TooManyLineItems, detail));
     }
 
     let mut items = Vec::with_capacity(raws.len());
@@ -491,8 +525,12 @@ fn line_item(raw: &RawValue, path: &str) -> Result<(LineItem, String), Poison> {
     let mut fields: Fields<'_> = serde_json::from_str(raw.get()).map_err(not_json)?;
     let field = |name: &str| format!("{path}.{name}");
 
-    let product_id = non_blank(&mut fields, "productId").map_err(|p| at_path(p, path))?;
-    let product_name = required_string(&mut fields, "productName").map_err(|p| at_path(p, path))?;
+    let product_id = non_blank(&mut fields, "productId")
+        .and_then(|id| bounded(id, "productId", MAX_ID_BYTES))
+        .map_err(|p| at_path(p, path))?;
+    let product_name = required_string(&mut fields, "productName")
+        .and_then(|name| bounded(name, "productName", MAX_NAME_BYTES))
+        .map_err(|p| at_path(p, path))?;
     let quantity = quantity(req(&mut fields, "quantity", path)?, &field("quantity"))?;
     let price_text = string(
         req(&mut fields, "pricePerUnit", path)?,

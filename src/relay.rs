@@ -27,6 +27,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Masked, Settings};
 use crate::handler::{Handler, Settled, Verdict};
+use crate::health;
+use crate::metrics::{self, SubscriptionState};
 use crate::shutdown::Stop;
 use crate::source::{self, Delivery, Nack, SourceError};
 use crate::store::{Store, StoreError};
@@ -45,6 +47,11 @@ pub enum RelayError {
 /// A subscription that lasted at least this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
+/// At start-up, a port that accepts TCP connections while the client's
+/// connection keeps failing means the connection string does not match the
+/// server (usually `tls=`); after this many such failures the relay stops.
+const MISCONFIGURED_AFTER: u32 = 3;
+
 /// How long to let queued acks reach the server before leaving the group.
 const ACK_FLUSH: Duration = Duration::from_millis(200);
 
@@ -60,37 +67,57 @@ pub async fn run(
         settings.postgres.pool_size,
         Duration::from_millis(settings.postgres.connect_timeout_ms),
     )?;
-    if settings.postgres.migrate && !prepare(&store, &settings, &mut stop).await? {
-        info!("stopped");
-        return Ok(());
+    if prepare(&store, &settings, &mut stop).await? {
+        let handler = Handler::new(store, &settings.kurrentdb.event_type, &settings.relay);
+        consume_until_stopped(&settings, Arc::new(handler), &mut stop).await?;
     }
-    let handler = Arc::new(Handler::new(
-        store,
-        &settings.kurrentdb.event_type,
-        &settings.relay,
-    ));
-    let mut delays = reconnect_backoff(&settings);
+    info!("stopped");
+    Ok(())
+}
+
+/// Keeps a session going until a stop, resubscribing after every drop.
+async fn consume_until_stopped(
+    settings: &Settings,
+    handler: Arc<Handler>,
+    stop: &mut Stop,
+) -> Result<(), RelayError> {
+    let started = Instant::now();
+    let mut subscribed_once = false;
+    let mut refused_while_open = 0;
+    let mut delays = reconnect_backoff(settings);
     while !stop.is_requested() {
-        let started = Instant::now();
-        match session(&settings, &handler, &mut stop).await {
+        let session_started = Instant::now();
+        match session(settings, &handler, stop).await {
             Ok(End::Stopped) => break,
             Ok(End::Dropped(reason)) => {
+                subscribed_once = true;
                 warn!(%reason, "subscription dropped; resubscribing");
             }
             Ok(End::StoreUnavailable) => {
+                subscribed_once = true;
                 warn!("left the group while postgres is unavailable");
-                let probe = reconnect_backoff(&settings);
-                if !handler.wait_for_store(&mut stop, probe).await {
+                let probe = reconnect_backoff(settings);
+                if !handler.wait_for_store(stop, probe).await {
                     break;
                 }
-                delays = reconnect_backoff(&settings);
+                delays = reconnect_backoff(settings);
                 continue;
             }
             Err(e) if !e.is_retryable() => return Err(e.into()),
+            Err(e) if !subscribed_once && past_startup(settings, started) => {
+                return Err(unreachable_at_startup(settings, e).await.into());
+            }
+            Err(e) if !subscribed_once && e.is_connect_failure() => {
+                refused_while_open += port_open(settings).await as u32;
+                if refused_while_open >= MISCONFIGURED_AFTER {
+                    return Err(misconfigured(settings, e).into());
+                }
+                warn!(error = %e, "cannot reach kurrentdb yet; retrying");
+            }
             Err(e) => warn!(error = %e, "cannot subscribe yet; retrying"),
         }
-        if started.elapsed() >= HEALTHY_SESSION {
-            delays = reconnect_backoff(&settings);
+        if session_started.elapsed() >= HEALTHY_SESSION {
+            delays = reconnect_backoff(settings);
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(1));
         tokio::select! {
@@ -98,16 +125,16 @@ pub async fn run(
             _ = stop.requested() => {}
         }
     }
-    info!("stopped");
     Ok(())
 }
 
-/// Applies migrations, waiting for PostgreSQL if it is not up yet.
-/// Returns false if a stop came first.
+/// Applies migrations (when configured) and checks the target table,
+/// waiting for PostgreSQL if it is not up yet. Returns false if a stop came
+/// first.
 async fn prepare(store: &Store, settings: &Settings, stop: &mut Stop) -> Result<bool, RelayError> {
     let mut delays = reconnect_backoff(settings);
     loop {
-        match store.migrate().await {
+        match migrate_and_verify(store, settings).await {
             Ok(()) => {
                 info!(postgres = %Masked(&settings.postgres.url), "schema ready");
                 return Ok(true);
@@ -123,6 +150,55 @@ async fn prepare(store: &Store, settings: &Settings, stop: &mut Stop) -> Result<
             _ = stop.requested() => return Ok(false),
         }
     }
+}
+
+async fn migrate_and_verify(store: &Store, settings: &Settings) -> Result<(), StoreError> {
+    if settings.postgres.migrate {
+        store.migrate().await?;
+    }
+    store.verify_schema().await
+}
+
+/// The error for a server whose port answers but whose gRPC does not.
+fn misconfigured(settings: &Settings, last: SourceError) -> SourceError {
+    SourceError::Unreachable(format!(
+        "{} accepts connections but the client cannot talk to it \
+         (check tls= and the credentials): {last}",
+        Masked(&settings.kurrentdb.connection_string),
+    ))
+}
+
+/// Whether KurrentDB's port accepts TCP connections.
+async fn port_open(settings: &Settings) -> bool {
+    let Some(host) = source::first_host(&settings.kurrentdb.connection_string) else {
+        return false;
+    };
+    let probe = tokio::net::TcpStream::connect(host);
+    let answer = tokio::time::timeout(Duration::from_secs(2), probe).await;
+    answer.is_ok_and(|r| r.is_ok())
+}
+
+/// Whether the relay has tried to reach KurrentDB for longer than the
+/// configured start-up time without ever subscribing.
+fn past_startup(settings: &Settings, started: Instant) -> bool {
+    let limit = settings.kurrentdb.startup_timeout_ms;
+    limit > 0 && started.elapsed() >= Duration::from_millis(limit)
+}
+
+/// The error for a KurrentDB that never answered at start-up, with a hint
+/// when the port accepts connections but the client still fails (most often
+/// a `tls=` setting that does not match the server).
+async fn unreachable_at_startup(settings: &Settings, last: SourceError) -> SourceError {
+    let k = &settings.kurrentdb;
+    let hint = match port_open(settings).await {
+        true => "; the port accepts connections, so check tls= and the credentials",
+        false => "",
+    };
+    SourceError::Unreachable(format!(
+        "no answer from {} within kurrentdb.startup_timeout_ms ({} ms): {last}{hint}",
+        Masked(&k.connection_string),
+        k.startup_timeout_ms,
+    ))
 }
 
 /// A schedule of waits: capped, jittered, exponential, endless.
@@ -149,6 +225,17 @@ enum End {
     StoreUnavailable,
 }
 
+impl End {
+    /// Where the relay stands after a session ended this way.
+    fn state(&self) -> SubscriptionState {
+        match self {
+            End::Stopped => SubscriptionState::Stopped,
+            End::Dropped(_) => SubscriptionState::Reconnecting,
+            End::StoreUnavailable => SubscriptionState::StoreUnavailable,
+        }
+    }
+}
+
 /// Connects, joins the group and consumes until the subscription ends.
 async fn session(
     settings: &Settings,
@@ -168,7 +255,11 @@ async fn session(
         buffer_size = k.buffer_size,
         "subscribed"
     );
-    Ok(consume(subscription, settings, handler, stop).await)
+    health::set_state(SubscriptionState::Subscribed);
+    let end = consume(subscription, settings, handler, stop).await;
+    health::set_state(end.state());
+    metrics::session_ended();
+    Ok(end)
 }
 
 /// The session's reading and settling loop.
@@ -256,6 +347,7 @@ async fn next_delivery(
         .await;
     match next {
         Ok(Ok(PersistentSubscriptionEvent::EventAppeared { event, retry_count })) => {
+            metrics::event_received();
             let delivery = Delivery::from_resolved(&event, retry_count);
             debug!(
                 event_id = %delivery.event_id,
@@ -281,6 +373,7 @@ async fn settle(
     subscription: &mut PersistentSubscription,
     settled: Vec<Settled>,
 ) -> kurrentdb::Result<()> {
+    metrics::events_settled(settled.len());
     let mut acks = Vec::new();
     let mut nacks: Vec<(Nack, String, Vec<uuid::Uuid>)> = Vec::new();
     for s in settled {

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kurrentdb::{
-    Client, ClientSettings, NakAction, PersistentSubscription, PersistentSubscriptionOptions,
-    ReplayParkedMessagesOptions, ResolvedEvent, StreamPosition,
+    AppendToStreamOptions, Client, ClientSettings, EventData, GetPersistentSubscriptionInfoOptions,
+    NakAction, PersistentSubscription, PersistentSubscriptionInfo, PersistentSubscriptionOptions,
+    ReadStreamOptions, ReplayParkedMessagesOptions, ResolvedEvent, StreamPosition, StreamState,
     SubscribeToPersistentSubscriptionOptions,
 };
 use uuid::Uuid;
@@ -40,6 +41,9 @@ pub enum SourceError {
         /// The missing group.
         group: String,
     },
+    /// KurrentDB never answered while the relay was starting.
+    #[error("kurrentdb.connection_string: {0}")]
+    Unreachable(String),
     /// Anything else: network, server restart, dropped subscription.
     #[error(transparent)]
     Client(#[from] kurrentdb::Error),
@@ -50,6 +54,29 @@ impl SourceError {
     /// with a message naming the setting at fault.
     pub fn is_retryable(&self) -> bool {
         matches!(self, SourceError::Client(_))
+    }
+
+    /// Whether the client could not establish its connection at all (as
+    /// opposed to the server answering with an error).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Client(
+                kurrentdb::Error::GrpcConnectionError(_) | kurrentdb::Error::ConnectionClosed
+            )
+        )
+    }
+}
+
+/// The first `host:port` of a connection string, for a plain TCP probe.
+pub fn first_host(connection_string: &str) -> Option<String> {
+    let rest = connection_string.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = hosts.split(',').next()?;
+    match host.contains(':') {
+        true => Some(host.to_string()),
+        false => Some(format!("{host}:2113")),
     }
 }
 
@@ -127,6 +154,60 @@ pub async fn replay_parked(
         .replay_parked_messages(&settings.stream, &settings.group, &options)
         .await
         .map_err(classify)
+}
+
+/// The group's settings and live statistics, as the server reports them.
+pub async fn group_info(
+    client: &Client,
+    settings: &KurrentDbSettings,
+) -> Result<PersistentSubscriptionInfo<u64>, SourceError> {
+    let options = GetPersistentSubscriptionInfoOptions::default();
+    client
+        .get_persistent_subscription_info(&settings.stream, &settings.group, &options)
+        .await
+        .map_err(|e| match e {
+            kurrentdb::Error::ResourceNotFound => SourceError::GroupMissing {
+                stream: settings.stream.clone(),
+                group: settings.group.clone(),
+            },
+            other => classify(other),
+        })
+}
+
+/// The number of events in `stream` (its last revision + 1; 0 when it does
+/// not exist), read as one event backwards from the end. Links are not
+/// resolved: only the revision matters.
+pub async fn stream_length(client: &Client, stream: &str) -> Result<u64, SourceError> {
+    let options = ReadStreamOptions::default()
+        .backwards()
+        .position(StreamPosition::End)
+        .max_count(1);
+    let mut read = match client.read_stream(stream, &options).await {
+        Ok(read) => read,
+        Err(kurrentdb::Error::ResourceNotFound) => return Ok(0),
+        Err(e) => return Err(classify(e)),
+    };
+    match read.next().await {
+        Ok(Some(event)) => Ok(event.get_original_event().revision + 1),
+        Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => Ok(0),
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// Appends `events` to `stream` only if the stream does not exist yet, so
+/// that seeding twice appends nothing the second time. Returns whether the
+/// events were appended.
+pub async fn append_new_stream(
+    client: &Client,
+    stream: &str,
+    events: Vec<EventData>,
+) -> Result<bool, SourceError> {
+    let options = AppendToStreamOptions::default().stream_state(StreamState::NoStream);
+    match client.append_to_stream(stream, &options, events).await {
+        Ok(_) => Ok(true),
+        Err(kurrentdb::Error::WrongExpectedVersion { .. }) => Ok(false),
+        Err(e) => Err(classify(e)),
+    }
 }
 
 fn classify(error: kurrentdb::Error) -> SourceError {

@@ -10,7 +10,10 @@
 //! Retry policy lives in [`StoreError::is_transient`] and
 //! [`StoreError::is_poison`], which read SQLSTATE codes, never messages.
 //!
-//! Known shortcomings: connections are unencrypted (`NoTls`); the schema
+//! Connections use TLS when the URL says `sslmode=require` (see `tls`);
+//! `ensure_database`, used only by the demo, always connects without TLS.
+//!
+//! Known shortcomings: the schema
 //! assumes `source_position` keeps increasing, so if the subscribed stream
 //! were rebuilt with new numbering, older events could no longer replace
 //! newer rows until positions caught up; `status` is created as `Started`
@@ -21,7 +24,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
@@ -29,7 +32,10 @@ use tokio_postgres::NoTls;
 use tracing::debug;
 use uuid::Uuid;
 
+use crate::config::PostgresSettings;
 use crate::order::Order;
+
+mod tls;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -37,6 +43,7 @@ mod embedded {
 
 /// Advisory lock key held while migrating, so that two relays starting at
 /// once do not race to create the same tables ("outbox" in ASCII).
+
 const MIGRATION_LOCK: i64 = 0x6f7574626f78;
 
 /// Handle to the database; cheap to share behind an `Arc`.
@@ -72,7 +79,8 @@ pub enum WriteOutcome {
 /// An event the relay gave up on, as it will be recorded.
 #[derive(Debug, Clone, Copy)]
 pub struct DeadLetter<'a> {
-    /// The event's own id; recording it again bumps `seen_count`.
+    /// The event's own id. With `stream`, the key: recording the same
+    /// event again bumps `seen_count`. Ids are unique only per stream.
     pub event_id: Uuid,
     /// The stream it was written to.
     pub stream: &'a str,
@@ -135,6 +143,12 @@ pub enum StoreError {
         /// The value.
         value: u64,
     },
+    /// The target table cannot take the relay's writes.
+    #[error("schema: {0}")]
+    Schema(String),
+    /// TLS was asked for and cannot be set up.
+    #[error("tls: {0}")]
+    Tls(String),
     /// A database name that is not a plain identifier.
     #[error("invalid database name {0:?}: use letters, digits and _")]
     InvalidDatabaseName(String),
@@ -243,13 +257,34 @@ impl Store {
         pool_size: usize,
         connect_timeout: Duration,
     ) -> Result<Store, StoreError> {
+        Self::connect_tls(url, "", pool_size, connect_timeout)
+    }
+
+    /// Connects as configured, TLS included (see [`tls`]).
+    pub fn from_settings(settings: &PostgresSettings) -> Result<Store, StoreError> {
+        Self::connect_tls(
+            &settings.url,
+            &settings.tls_ca_file,
+            settings.pool_size,
+            Duration::from_millis(settings.connect_timeout_ms),
+        )
+    }
+
+    /// As [`Store::connect`], trusting the authorities in `ca_file` too
+    /// when the URL says `sslmode=require`.
+    pub fn connect_tls(
+        url: &str,
+        ca_file: &str,
+        pool_size: usize,
+        connect_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::Config)?;
         config.connect_timeout(connect_timeout);
 
         let recycling = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = Manager::from_config(config, NoTls, recycling);
+        let manager = tls::manager(config, ca_file, recycling)?;
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
@@ -288,6 +323,22 @@ impl Store {
         let client = self.pool.get().await?;
         client.simple_query("SELECT 1").await?;
         Ok(())
+    }
+
+    /// Checks that `order_fulfillment` has the unique index on `order_id`
+    /// that the upsert's conflict target needs. Without it every write
+    /// would fail, so the relay refuses to start instead.
+    pub async fn verify_schema(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        let row = client.query_one(SQL_HAS_ORDER_ID_KEY, &[]).await?;
+        match row.get::<_, bool>(0) {
+            true => Ok(()),
+            false => Err(StoreError::Schema(
+                "order_fulfillment has no unique index on order_id alone; \
+                 the upsert needs one (see migrations/)"
+                    .into(),
+            )),
+        }
     }
 
     /// Writes one order idempotently; see [`Store::upsert_orders`].
@@ -560,6 +611,20 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// Whether `order_fulfillment` (as the search path finds it) has a unique
+/// index on exactly `order_id`. A missing table fails with 42P01.
+const SQL_HAS_ORDER_ID_KEY: &str = "
+    SELECT EXISTS (
+        SELECT 1
+        FROM pg_index i
+        JOIN pg_attribute a
+          ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = 'order_fulfillment'::regclass
+          AND i.indisunique
+          AND i.indnatts = 1
+          AND a.attname = 'order_id'
+    )";
+
 /// Inserts each order, or replaces its row if this event came later in the
 /// subscribed stream. `status` and `created_at` are never overwritten.
 /// `xmax = 0` holds only for a row this statement inserted.
@@ -576,7 +641,7 @@ SELECT * FROM UNNEST(
     $14::uuid[], $15::text[], $16::int8[], $17::int8[]
 ) AS b(order_id)
 ORDER BY b.order_id
-ON CONFLICT ON CONSTRAINT order_fulfillment_order_id_key DO UPDATE SET
+ON CONFLICT (order_id) DO UPDATE SET
     customer_id = EXCLUDED.customer_id,
     checkout_of_cart = EXCLUDED.checkout_of_cart,
     currency = EXCLUDED.currency,
@@ -602,7 +667,7 @@ INSERT INTO dead_letters AS d (
     event_id, stream, position, event_type,
     reason, detail, content_type, payload)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-ON CONFLICT ON CONSTRAINT dead_letters_event_id_key DO UPDATE SET
+ON CONFLICT (event_id, stream) DO UPDATE SET
     reason = EXCLUDED.reason,
     detail = EXCLUDED.detail,
     last_seen_at = now(),

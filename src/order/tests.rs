@@ -316,11 +316,6 @@ fn bad_identifiers_are_refused() {
         reason_with(|o| o["orderId"] = json!("order\n1")),
         R::InvalidOrderId
     );
-    let long = "o".repeat(MAX_ORDER_ID_BYTES + 1);
-    assert_eq!(
-        reason_with(|o| o["orderId"] = json!(long)),
-        R::InvalidOrderId
-    );
     assert_eq!(
         reason_with(|o| o["customerId"] = json!("  ")),
         R::BlankField
@@ -329,6 +324,53 @@ fn bad_identifiers_are_refused() {
         reason_with(|o| o["lineItems"][0]["productId"] = json!("")),
         R::BlankField
     );
+}
+
+/// Strings longer than their column allows are refused, counted in
+/// UTF-8 bytes; strings exactly at the limit are accepted.
+#[test]
+fn over_long_strings_are_text_too_long() {
+    let id_at_limit = "é".repeat(MAX_ID_BYTES / 2);
+    let id_over = format!("{id_at_limit}x");
+    let name_over = "n".repeat(MAX_NAME_BYTES + 1);
+    let edits: [(&str, fn(&mut Value, Value)); 5] = [
+        ("orderId", |o, v| o["orderId"] = v),
+        ("customerId", |o, v| o["customerId"] = v),
+        ("checkoutOfCart", |o, v| o["checkoutOfCart"] = v),
+        ("productId", |o, v| o["lineItems"][1]["productId"] = v),
+        ("productName", |o, v| o["lineItems"][0]["productName"] = v),
+    ];
+    for (field, edit) in edits {
+        let over = if field == "productName" { &name_over } else { &id_over };
+        let mut o = sample();
+        edit(&mut o, json!(over));
+        let poison = decode_value(&o, "$ce-order").unwrap_err();
+        assert_eq!(poison.reason, R::TextTooLong, "{field}");
+        assert!(poison.detail.contains(field), "{poison}");
+
+        let mut o = sample();
+        edit(&mut o, json!(id_at_limit));
+        assert!(decode_value(&o, "$ce-order").is_ok(), "{field} at limit");
+    }
+}
+
+/// More lines than the limit are refused; exactly the limit is accepted.
+#[test]
+fn too_many_line_items_are_refused() {
+    let limits = DecodeLimits {
+        max_line_items: 3,
+        ..DecodeLimits::default()
+    };
+    let with_lines = |n: usize| {
+        let mut o = sample();
+        let line = o["lineItems"][0].clone();
+        o["lineItems"] = Value::Array(vec![line; n]);
+        let bytes = serde_json::to_vec(&o).unwrap();
+        decode(JSON_CONTENT_TYPE, &bytes, "$ce-order", &limits)
+    };
+    assert_eq!(with_lines(3).unwrap().line_items.len(), 3);
+    let poison = with_lines(4).unwrap_err();
+    assert_eq!(poison.to_string(), "too_many_line_items: 4 lines, limit 3");
 }
 
 /// In an order stream, the order id must be the stream's name.
@@ -491,6 +533,8 @@ fn reason_codes_are_distinct_snake_case() {
         AmountOverflow,
         InvalidTimestamp,
         NoLineItems,
+        TooManyLineItems,
+        TextTooLong,
         TextNotStorable,
         DecoderPanicked,
         RejectedByDatabase,
@@ -560,6 +604,25 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode(JSON_CONTENT_TYPE, &data, "order-x", &DecodeLimits::default());
+    }
+
+    /// Any content type, stream, text and limits give a verdict, never a
+    /// panic; a poison verdict always has a known, non-empty code.
+    #[test]
+    fn any_envelope_gets_a_verdict(
+        content_type in "(application/json|.{0,24})",
+        stream in "(order-.{0,8}|.{0,12})",
+        text in ".{0,256}",
+        max_bytes in 0usize..300,
+        max_depth in 0usize..8,
+        max_line_items in 0usize..4,
+    ) {
+        let limits = DecodeLimits { max_bytes, max_depth, max_line_items };
+        let verdict = decode(&content_type, text.as_bytes(), &stream, &limits);
+        match verdict {
+            Ok(order) => assert_consistent(&order),
+            Err(poison) => prop_assert!(!poison.reason.code().is_empty()),
+        }
     }
 
     /// Byte-level corruption of a real order never panics.
