@@ -10,9 +10,9 @@ use tracing::{error, info};
 use crate::cli::{Cli, Command, GroupCommand};
 use crate::config::{ConfigError, Settings};
 use crate::relay::{self, RelayError};
+use crate::seed::{self, SeedError};
 use crate::source::{self, SourceError};
 use crate::store::{Store, StoreError};
-use crate::seed::{self, SeedError};
 use crate::{demo, health, metrics, shutdown, telemetry};
 
 /// Why a command failed. Printed once, as the process's last words.
@@ -195,9 +195,5 @@ async fn seed(paths: &[std::path::PathBuf], settings: &Settings) -> Result<(), A
 }
 
 fn store_of(settings: &Settings) -> Result<Store, StoreError> {
-    Store::connect(
-        &settings.postgres.url,
-        settings.postgres.pool_size,
-        Duration::from_millis(settings.postgres.connect_timeout_ms),
-    )
+    Store::from_settings(&settings.postgres)
 }

@@ -47,6 +47,7 @@ pub struct Settled {
 pub struct Handler {
     store: Store,
     event_type: String,
+    decode: DecodeFn,
     limits: DecodeLimits,
     poison: Nack,
     write_retry: Duration,
@@ -54,6 +55,10 @@ pub struct Handler {
     /// time; cleared once it answers again.
     unavailable: AtomicBool,
 }
+
+/// Turns a payload into an order: [`order::decode`], unless a test swaps in
+/// another to see how the handler copes with a misbehaving decoder.
+pub type DecodeFn = fn(&str, &[u8], &str, &DecodeLimits) -> Result<Order, Poison>;
 
 /// An order ready to be written, with where it came from.
 struct Pending {
@@ -71,6 +76,7 @@ impl Handler {
         Handler {
             store,
             event_type: event_type.to_string(),
+            decode: order::decode,
             limits: DecodeLimits {
                 max_bytes: settings.max_event_bytes,
                 ..DecodeLimits::default()
@@ -79,6 +85,11 @@ impl Handler {
             write_retry: Duration::from_millis(settings.write_retry_ms),
             unavailable: AtomicBool::new(false),
         }
+    }
+
+    /// The same handler with another decoder.
+    pub fn with_decoder(self, decode: DecodeFn) -> Self {
+        Handler { decode, ..self }
     }
 
     /// Whether PostgreSQL was found unreachable. While it is, every order
@@ -124,7 +135,10 @@ impl Handler {
                 _ if unavailable => {
                     settled.push(nack(&delivery, Nack::Retry, "postgres unavailable"))
                 }
-                Decoded::Order(order) => pending.push(Pending { delivery, order: *order }),
+                Decoded::Order(order) => pending.push(Pending {
+                    delivery,
+                    order: *order,
+                }),
                 Decoded::Poison(poison) => {
                     settled.push(self.give_up(&delivery, &poison).await);
                 }
@@ -153,7 +167,7 @@ impl Handler {
             return Decoded::Ignore;
         }
         let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            order::decode(
+            (self.decode)(
                 &delivery.content_type,
                 &delivery.data,
                 &delivery.stream,

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram};
 use metrics::{gauge, histogram, Unit};
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 use crate::config::KurrentDbSettings;
 use crate::source::{self, SourceError};

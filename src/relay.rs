@@ -23,7 +23,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
 use kurrentdb::{PersistentSubscription, PersistentSubscriptionEvent};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Masked, Settings};
 use crate::handler::{Handler, Settled, Verdict};
@@ -62,11 +62,7 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
     let mut stop = Stop::on(stop);
-    let store = Store::connect(
-        &settings.postgres.url,
-        settings.postgres.pool_size,
-        Duration::from_millis(settings.postgres.connect_timeout_ms),
-    )?;
+    let store = Store::from_settings(&settings.postgres)?;
     if prepare(&store, &settings, &mut stop).await? {
         let handler = Handler::new(store, &settings.kurrentdb.event_type, &settings.relay);
         consume_until_stopped(&settings, Arc::new(handler), &mut stop).await?;
@@ -399,6 +395,20 @@ async fn settle(
     Ok(())
 }
 
+/// Handles a batch; if the handler panics, every event of the batch goes
+/// back to the server for retry instead of being left unanswered.
+async fn handle_guarded(handler: &Handler, batch: Vec<Delivery>) -> Vec<Settled> {
+    let ids: Vec<_> = batch.iter().map(|d| d.ack_id).collect();
+    let handled = AssertUnwindSafe(handler.handle(batch)).catch_unwind().await;
+    handled.unwrap_or_else(|_| {
+        error!(events = ids.len(), "handler panicked; handing the batch back");
+        let retry = Verdict::Nack(Nack::Retry, "handler panicked".into());
+        ids.into_iter()
+            .map(|ack_id| Settled { ack_id, verdict: retry.clone() })
+            .collect()
+    })
+}
+
 /// The writer: gathers deliveries into batches of up to `batch_size`,
 /// waiting at most `linger` for a batch to fill, and returns their verdicts.
 async fn write_batches(
@@ -417,7 +427,7 @@ async fn write_batches(
                 _ => break,
             }
         }
-        let settled = handler.handle(batch).await;
+        let settled = handle_guarded(&handler, batch).await;
         if done.send(settled).is_err() {
             return;
         }

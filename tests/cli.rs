@@ -56,11 +56,127 @@ fn check_config_rejects_unknown_keys() {
 /// Every subcommand answers `--help`.
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["run", "migrate", "check-config", "replay-parked", "demo"] {
-        let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
-        assert!(out.status.success(), "{sub} --help");
-        assert!(!out.stdout.is_empty());
+    let subcommands: [&[&str]; 9] = [
+        &["run"],
+        &["migrate"],
+        &["check-config"],
+        &["replay-parked"],
+        &["demo"],
+        &["seed"],
+        &["group"],
+        &["group", "create"],
+        &["group", "info"],
+    ];
+    for sub in subcommands {
+        let out = Command::new(BIN).args(sub).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{sub:?} --help");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("Usage: outbox-relay"), "{sub:?}: {text}");
     }
+}
+
+/// An invalid value fails `check-config` with the key at fault and a
+/// non-zero exit.
+#[test]
+fn check_config_names_an_invalid_value() {
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .env("OUTBOX_RELAY__HTTP__LISTEN", "nine-one-eight-seven")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("invalid configuration: http.listen"), "{err}");
+}
+
+fn run_against(emulator: &kurrentdb_emulator::Server, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .env(
+            "OUTBOX_RELAY__KURRENTDB__CONNECTION_STRING",
+            emulator.connection_string(),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{args:?}: {stdout}{stderr}");
+    stdout
+}
+
+/// `group create` creates the configured group once; `group info` then
+/// shows its settings and statistics.
+#[tokio::test]
+async fn group_create_then_info_shows_the_groups_settings() {
+    let emulator = seeded_emulator().await;
+    let first = run_against(&emulator, &["group", "create"]);
+    let second = run_against(&emulator, &["group", "create"]);
+    let info = run_against(&emulator, &["group", "info"]);
+
+    assert!(
+        first.contains("fulfillment on $ce-order: created"),
+        "{first}"
+    );
+    assert!(second.contains("already exists"), "{second}");
+    assert!(info.contains("group: fulfillment\n"), "{info}");
+    assert!(info.contains("resolve_links: true\n"), "{info}");
+    assert!(info.contains("max_retry_count: 10\n"), "{info}");
+    assert!(info.contains("connections: 0\n"), "{info}");
+}
+
+/// `group info` on a missing group fails and names it.
+#[tokio::test]
+async fn group_info_on_a_missing_group_fails_with_its_name() {
+    let emulator = start_emulator(kurrentdb_emulator::Store::new()).await;
+    let out = Command::new(BIN)
+        .args(["group", "info"])
+        .env(
+            "OUTBOX_RELAY__KURRENTDB__CONNECTION_STRING",
+            emulator.connection_string(),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("consumer group fulfillment"), "{err}");
+}
+
+/// `seed DIR` appends the tutorial's streams through the official client;
+/// seeding again appends nothing.
+#[tokio::test]
+async fn seed_appends_tutorial_streams_once() {
+    let emulator = start_emulator(kurrentdb_emulator::Store::new()).await;
+    let dir = tutorial_seed_files()[0].parent().unwrap().to_owned();
+    let dir = dir.to_str().unwrap();
+
+    run_against(&emulator, &["seed", dir]);
+    run_against(&emulator, &["seed", dir]);
+
+    // The same files loaded straight into an emulator are the reference.
+    let reference = kurrentdb_emulator::Store::new();
+    let mut streams = Vec::new();
+    for file in tutorial_seed_files() {
+        reference.seed_file(&file).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for s in json.as_array().unwrap() {
+            streams.push(s["stream"].as_str().unwrap().to_string());
+        }
+    }
+    let shape = |events: Vec<kurrentdb_emulator::StoredEvent>| {
+        events
+            .into_iter()
+            .map(|e| (e.id, e.event_type, e.content_type, e.data))
+            .collect::<Vec<_>>()
+    };
+    assert!(streams.len() >= 10, "{streams:?}");
+    for stream in &streams {
+        let seeded = shape(emulator.store().read_stream(stream));
+        let expected = shape(reference.read_stream(stream));
+        assert!(!expected.is_empty());
+        assert_eq!(seeded, expected, "{stream}");
+    }
+    assert_eq!(emulator.store().read_stream("$ce-order").len(), 10);
 }
 
 /// The binary with a config file relays the tutorial's orders, and exits 0

@@ -341,7 +341,11 @@ fn over_long_strings_are_text_too_long() {
         ("productName", |o, v| o["lineItems"][0]["productName"] = v),
     ];
     for (field, edit) in edits {
-        let over = if field == "productName" { &name_over } else { &id_over };
+        let over = if field == "productName" {
+            &name_over
+        } else {
+            &id_over
+        };
         let mut o = sample();
         edit(&mut o, json!(over));
         let poison = decode_value(&o, "$ce-order").unwrap_err();

@@ -162,6 +162,15 @@ impl RunningRelay {
         }
     }
 
+    /// Waits (up to 30 s) for the relay to end by itself, as it does on a
+    /// fatal error.
+    pub async fn finished(mut self) -> Result<(), outbox_relay::relay::RelayError> {
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("relay ends by itself within 30 s")
+            .expect("relay task did not panic")
+    }
+
     /// Asks the relay to stop and returns how it ended.
     pub async fn stop(mut self) -> Result<(), outbox_relay::relay::RelayError> {
         let _ = self.stop.take().unwrap().send(());
