@@ -401,10 +401,16 @@ async fn handle_guarded(handler: &Handler, batch: Vec<Delivery>) -> Vec<Settled>
     let ids: Vec<_> = batch.iter().map(|d| d.ack_id).collect();
     let handled = AssertUnwindSafe(handler.handle(batch)).catch_unwind().await;
     handled.unwrap_or_else(|_| {
-        error!(events = ids.len(), "handler panicked; handing the batch back");
+        error!(
+            events = ids.len(),
+            "handler panicked; handing the batch back"
+        );
         let retry = Verdict::Nack(Nack::Retry, "handler panicked".into());
         ids.into_iter()
-            .map(|ack_id| Settled { ack_id, verdict: retry.clone() })
+            .map(|ack_id| Settled {
+                ack_id,
+                verdict: retry.clone(),
+            })
             .collect()
     })
 }

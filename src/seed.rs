@@ -3,9 +3,11 @@
 //!
 //! A seed file is a JSON array of `{"stream": "...", "events": [...]}`,
 //! each event with an optional `id`, a `type`, an optional `content-type`
-//! (default `application/json`), `data` and optional `metadata`. Each
-//! stream is appended only if it does not exist yet, so running the seeder
-//! twice (say, on every `docker compose up`) adds nothing the second time.
+//! (default `application/json`), `data` and optional `metadata`. The same
+//! stream may continue in a later file. An event whose `id` is already in
+//! its stream is not appended again, so running the seeder twice (say, on
+//! every `docker compose up`) adds nothing the second time; events without
+//! an `id` get a new one and are appended every time.
 //!
 //! Known shortcoming: the official client sends JSON or
 //! `application/octet-stream` only, so an event with another content type
@@ -69,11 +71,11 @@ struct SeedEvent {
 /// What seeding did, for the operator.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SeedReport {
-    /// Streams appended.
+    /// Streams appended to.
     pub streams: usize,
     /// Events appended.
     pub events: usize,
-    /// Streams left alone because they already existed.
+    /// Events left out because their stream already had them.
     pub skipped: usize,
 }
 
@@ -82,16 +84,24 @@ pub async fn seed_files(client: &Client, files: &[PathBuf]) -> Result<SeedReport
     let mut report = SeedReport::default();
     for path in files {
         for stream in read(path)? {
-            let count = stream.events.len();
-            let events = to_event_data(path, stream.events)?;
-            if source::append_new_stream(client, &stream.stream, events).await? {
-                info!(stream = %stream.stream, events = count, "stream seeded");
-                report.streams += 1;
-                report.events += count;
-            } else {
-                info!(stream = %stream.stream, "stream exists; left alone");
-                report.skipped += 1;
+            let (present, last) = source::stream_ids(client, &stream.stream).await?;
+            let total = stream.events.len();
+            let new: Vec<SeedEvent> = stream
+                .events
+                .into_iter()
+                .filter(|e| e.id.is_none_or(|id| !present.contains(&id)))
+                .collect();
+            report.skipped += total - new.len();
+            if new.is_empty() {
+                info!(stream = %stream.stream, "stream already seeded");
+                continue;
             }
+            let count = new.len();
+            let events = to_event_data(path, new)?;
+            source::append_after(client, &stream.stream, last, events).await?;
+            info!(stream = %stream.stream, events = count, "stream seeded");
+            report.streams += 1;
+            report.events += count;
         }
     }
     Ok(report)

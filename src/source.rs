@@ -8,6 +8,7 @@
 //! A `kurrentdb::Client` whose first call could not reach the server stays
 //! broken for good, so every connection attempt builds a new one.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -194,20 +195,52 @@ pub async fn stream_length(client: &Client, stream: &str) -> Result<u64, SourceE
     }
 }
 
-/// Appends `events` to `stream` only if the stream does not exist yet, so
-/// that seeding twice appends nothing the second time. Returns whether the
-/// events were appended.
-pub async fn append_new_stream(
+/// The ids of the events in `stream` and its last revision (None when the
+/// stream does not exist), read forwards from the start.
+pub async fn stream_ids(
     client: &Client,
     stream: &str,
-    events: Vec<EventData>,
-) -> Result<bool, SourceError> {
-    let options = AppendToStreamOptions::default().stream_state(StreamState::NoStream);
-    match client.append_to_stream(stream, &options, events).await {
-        Ok(_) => Ok(true),
-        Err(kurrentdb::Error::WrongExpectedVersion { .. }) => Ok(false),
-        Err(e) => Err(classify(e)),
+) -> Result<(HashSet<Uuid>, Option<u64>), SourceError> {
+    let options = ReadStreamOptions::default().position(StreamPosition::Start);
+    let mut read = match client.read_stream(stream, &options).await {
+        Ok(read) => read,
+        Err(kurrentdb::Error::ResourceNotFound) => return Ok((HashSet::new(), None)),
+        Err(e) => return Err(classify(e)),
+    };
+    let mut ids = HashSet::new();
+    let mut last = None;
+    loop {
+        match read.next().await {
+            Ok(Some(event)) => {
+                let recorded = event.get_original_event();
+                ids.insert(recorded.id);
+                last = Some(recorded.revision);
+            }
+            Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => return Ok((ids, last)),
+            Err(e) => return Err(classify(e)),
+        }
     }
+}
+
+/// Appends `events` to `stream`, expecting its last revision to be `last`
+/// (None: the stream must not exist), so that a concurrent writer makes
+/// the append fail rather than interleave.
+pub async fn append_after(
+    client: &Client,
+    stream: &str,
+    last: Option<u64>,
+    events: Vec<EventData>,
+) -> Result<(), SourceError> {
+    let expected = match last {
+        Some(revision) => StreamState::StreamRevision(revision),
+        None => StreamState::NoStream,
+    };
+    let options = AppendToStreamOptions::default().stream_state(expected);
+    client
+        .append_to_stream(stream, &options, events)
+        .await
+        .map(|_| ())
+        .map_err(classify)
 }
 
 fn classify(error: kurrentdb::Error) -> SourceError {

@@ -241,6 +241,87 @@ async fn a_batch_writes_the_latest_event_per_order() {
     assert!(store.upsert_orders(&[]).await.unwrap().is_empty());
 }
 
+/// The same event twice in one batch is written once; the copy is
+/// reported unchanged and the statement does not trip over the duplicate.
+#[tokio::test]
+async fn the_same_event_twice_in_one_batch_is_written_once() {
+    let db = TestDb::create().await;
+    let store = migrated_store(&db).await;
+    let o = order("order-a", "1.00");
+    let src = source("order-a", 4);
+
+    let batch = [(&o, src.clone()), (&o, src)];
+    let outcomes = store.upsert_orders(&batch).await.unwrap();
+
+    use WriteOutcome::*;
+    assert_eq!(outcomes, vec![Inserted, Unchanged]);
+    assert_eq!(store.count_orders().await.unwrap(), 1);
+}
+
+/// Text longer than the decoder allows is refused by the schema too, as a
+/// data error the relay treats as poison.
+#[tokio::test]
+async fn over_long_text_is_refused_by_the_schema() {
+    let db = TestDb::create().await;
+    let store = migrated_store(&db).await;
+    let mut long = order("order-long", "1.00");
+    long.customer_id = "c".repeat(257);
+
+    let err = store
+        .upsert_order(&long, &source("order-long", 1))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.sqlstate().map(|c| c.code()), Some("23514"));
+    assert!(err.is_poison() && !err.is_transient(), "{err:?}");
+}
+
+/// Two poison events sharing an id in different streams keep a row each;
+/// the same event recorded again still shares one.
+#[tokio::test]
+async fn dead_letters_are_keyed_by_event_and_stream() {
+    let db = TestDb::create().await;
+    let store = migrated_store(&db).await;
+    let letter = |stream, payload| DeadLetter {
+        event_id: Uuid::nil(),
+        stream,
+        position: 1,
+        event_type: "order-placed",
+        reason: "not_json",
+        detail: "",
+        content_type: "application/json",
+        payload,
+    };
+
+    store
+        .record_dead_letter(&letter("order-a", b"a"))
+        .await
+        .unwrap();
+    store
+        .record_dead_letter(&letter("order-b", b"b"))
+        .await
+        .unwrap();
+    store
+        .record_dead_letter(&letter("order-b", b"b"))
+        .await
+        .unwrap();
+
+    let client = db.client().await;
+    let sql = "SELECT stream, payload, seen_count FROM dead_letters ORDER BY 1";
+    let rows = client.query(sql, &[]).await.unwrap();
+    let got: Vec<(String, Vec<u8>, i32)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("order-a".into(), b"a".to_vec(), 1),
+            ("order-b".into(), b"b".to_vec(), 2)
+        ]
+    );
+}
+
 /// Recording the same dead letter twice keeps one row and counts both.
 #[tokio::test]
 async fn dead_letter_recorded_twice_bumps_seen_count() {

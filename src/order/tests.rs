@@ -513,11 +513,10 @@ fn line_items_serialise_with_string_amounts() {
     assert_eq!(json["quantity"], 5);
 }
 
-/// Every reason has a distinct snake_case code.
-#[test]
-fn reason_codes_are_distinct_snake_case() {
+/// Every reason, for checks over all of them.
+const ALL_REASONS: [PoisonReason; 24] = {
     use R::*;
-    let all = [
+    [
         UnsupportedContentType,
         Empty,
         TooLarge,
@@ -542,12 +541,27 @@ fn reason_codes_are_distinct_snake_case() {
         TextNotStorable,
         DecoderPanicked,
         RejectedByDatabase,
-    ];
-    let codes: std::collections::HashSet<_> = all.iter().map(|r| r.code()).collect();
-    assert_eq!(codes.len(), all.len());
+    ]
+};
+
+/// Every reason has a distinct snake_case code.
+#[test]
+fn reason_codes_are_distinct_snake_case() {
+    let codes: std::collections::HashSet<_> = ALL_REASONS.iter().map(|r| r.code()).collect();
+    assert_eq!(codes.len(), ALL_REASONS.len());
     assert!(codes.iter().all(|c| c
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
+}
+
+/// Operators look codes up in the README, so each one is listed there.
+#[test]
+fn every_reason_code_is_in_the_readme() {
+    let readme = include_str!("../../README.md");
+    for reason in ALL_REASONS {
+        let row = format!("| `{}` |", reason.code());
+        assert!(readme.contains(&row), "README lacks a row for {reason}");
+    }
 }
 
 use serde_json::json;
