@@ -189,6 +189,13 @@ fn link_ids(store: &EventStore) -> HashMap<(String, Uuid), Uuid> {
     links
 }
 
+/// A KurrentDB client of the emulator, acting as another producer or
+/// consumer.
+fn client_of(emulator: &Server) -> kurrentdb::Client {
+    let settings = emulator.connection_string().parse().unwrap();
+    kurrentdb::Client::new(settings).unwrap()
+}
+
 /// Waits until at least `n` settlements were received and none is pending.
 async fn settled(emulator: &Server, n: usize) -> bool {
     let store = emulator.store();
@@ -243,50 +250,45 @@ impl Run {
     }
 
     async fn check_case(&self, case: &Case) -> Result<(), String> {
-        let key = (case.stream.clone(), case.event.id);
-        let link = self.links[&key];
-        let outcomes = outcomes(&self.emulator, link);
+        let (id, stream) = (case.event.id, case.stream.as_str());
+        let outcomes = outcomes(&self.emulator, self.links[&(stream.into(), id)]);
         let [outcome] = outcomes.as_slice() else {
-            return Err(format!("settled {} times: {outcomes:?}", outcomes.len()));
+            let n = outcomes.len();
+            return Err(format!("settled {n} times: {outcomes:?}"));
         };
-        let rows = rows_from(&self.db, case.event.id, &case.stream).await;
-        let letter = dead_letter(&self.db, case.event.id, &case.stream).await;
+        let rows = rows_from(&self.db, id, stream).await;
+        let letter = dead_letter(&self.db, id, stream).await;
 
-        match case.expect {
-            Expect::Written if *outcome == Outcome::Ack && rows == 1 && letter.is_none() => Ok(()),
-            Expect::Ignored if *outcome == Outcome::Ack && rows == 0 && letter.is_none() => Ok(()),
-            Expect::Poison(code) => self.check_poison(case, code, outcome, rows, letter),
-            expect => Err(format!(
-                "expected {expect:?}, got {outcome:?}, {rows} rows, dead letter {:?}",
-                letter.map(|l| l.0)
-            )),
+        let acked = *outcome == Outcome::Ack;
+        let ok = match case.expect {
+            Written => acked && rows == 1 && letter.is_none(),
+            Ignored => acked && rows == 0 && letter.is_none(),
+            Poison(code) => {
+                let recorded = letter
+                    .as_ref()
+                    .is_some_and(|(reason, data)| reason == code && *data == case.event.data);
+                rows == 0 && recorded && self.is_poison_nack(outcome, code)
+            }
+        };
+        if ok {
+            return Ok(());
         }
+        let recorded = letter.map(|l| l.0);
+        Err(format!(
+            "expected {:?}, got {outcome:?}, {rows} rows, dead letter {recorded:?}",
+            case.expect
+        ))
     }
 
-    fn check_poison(
-        &self,
-        case: &Case,
-        code: &str,
-        outcome: &Outcome,
-        rows: i64,
-        letter: Option<(String, Vec<u8>)>,
-    ) -> Result<(), String> {
-        let nacked = match outcome {
+    /// Whether the group was told the configured poison action and a
+    /// reason starting with `code`.
+    fn is_poison_nack(&self, outcome: &Outcome, code: &str) -> bool {
+        match outcome {
             Outcome::Nack { action, reason } => {
                 action == self.poison_action && reason.starts_with(&format!("{code}: "))
             }
             Outcome::Ack => false,
-        };
-        let recorded = letter
-            .as_ref()
-            .is_some_and(|(reason, payload)| reason == code && *payload == case.event.data);
-        if nacked && recorded && rows == 0 {
-            return Ok(());
         }
-        Err(format!(
-            "expected {code}, got {outcome:?}, {rows} rows, dead letter {:?}",
-            letter.map(|l| l.0)
-        ))
     }
 }
 
@@ -601,7 +603,7 @@ async fn links_to_deleted_events_are_acked_and_ignored() {
     }
     let links = link_ids(&store);
     let emulator = start_emulator(store).await;
-    let client = kurrentdb::Client::new(emulator.connection_string().parse().unwrap()).unwrap();
+    let client = client_of(&emulator);
     client
         .delete_stream("order-soft", &DeleteStreamOptions::default())
         .await
@@ -650,7 +652,7 @@ async fn the_later_event_in_the_stream_wins_whatever_arrives_first() {
     let emulator = start_emulator(store.clone()).await;
 
     // Another consumer takes the first event and holds it.
-    let client = kurrentdb::Client::new(emulator.connection_string().parse().unwrap()).unwrap();
+    let client = client_of(&emulator);
     let group = PersistentSubscriptionOptions::default()
         .resolve_link_tos(true)
         .start_from(StreamPosition::Start);
@@ -696,7 +698,8 @@ async fn the_later_event_in_the_stream_wins_whatever_arrives_first() {
     );
     relay.stop().await.unwrap();
 
-    let sql = "SELECT order_id, total, source_revision FROM order_fulfillment ORDER BY 1";
+    let sql = "SELECT order_id, total, source_revision \
+               FROM order_fulfillment ORDER BY 1";
     let rows = db.client().await.query(sql, &[]).await.unwrap();
     let got: Vec<(String, String, i64)> = rows
         .iter()
@@ -767,7 +770,8 @@ async fn events_sharing_an_id_across_streams_are_each_kept() {
 #[tokio::test]
 async fn an_order_postgres_refuses_does_not_fail_its_batch() {
     let db = TestDb::create().await;
-    let pg = outbox_relay::store::Store::connect(&db.url, 1, Duration::from_secs(5)).unwrap();
+    let timeout = Duration::from_secs(5);
+    let pg = outbox_relay::store::Store::connect(&db.url, 1, timeout).unwrap();
     pg.migrate().await.unwrap();
     let check = "ALTER TABLE order_fulfillment ADD CONSTRAINT no_blocked \
                  CHECK (customer_id <> 'customer-blocked')";

@@ -21,6 +21,7 @@ fn readme_rows() -> BTreeMap<String, Row> {
         .split("## Configuration")
         .nth(1)
         .expect("README has a Configuration section");
+    let section = section.split("\n## ").next().unwrap();
     section
         .lines()
         .filter(|l| l.starts_with("| `"))

@@ -2,9 +2,10 @@
 //! `initdb` in a temporary directory, on a free port, accepting TLS
 //! connections only) with a certificate from a throw-away authority.
 //!
-//! The shared server at 127.0.0.1:5432 is not touched. Needs `initdb` and
-//! `pg_ctl` on the PATH (the Debian packages' binaries, as `.ci/run`
-//! installs them) and, when run as root, a `postgres` user to run them as.
+//! The shared server at 127.0.0.1:5432 is not touched. Needs the server's
+//! `initdb` and `pg_ctl` (from Debian's `postgresql` package, which
+//! `.ci/run` installs, or on the PATH) and, when run as root, a `postgres`
+//! user to run them as.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -90,12 +91,34 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A server tool: Debian keeps them in /usr/lib/postgresql/<version>/bin,
+/// off the PATH; elsewhere they are on it.
+fn pg_tool(name: &str) -> String {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort_by_key(|p| {
+        let version = p.iter().nth(4).and_then(|v| v.to_str()?.parse().ok());
+        version.unwrap_or(0u32)
+    });
+    found
+        .pop()
+        .map_or(name.to_string(), |p| p.to_str().unwrap().to_string())
+}
+
 /// PostgreSQL refuses to run as root, so its tools run as `postgres` then.
 fn as_postgres(args: &[&str]) {
+    let tool = pg_tool(args[0]);
+    let args: Vec<&str> = std::iter::once(tool.as_str())
+        .chain(args[1..].iter().copied())
+        .collect();
     let mut command = match is_root() {
         true => {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).args(args);
+            c.args(["-u", "postgres", "--"]).args(&args);
             c
         }
         false => {
@@ -104,7 +127,7 @@ fn as_postgres(args: &[&str]) {
             c
         }
     };
-    let out = command.output().expect("initdb and pg_ctl on the PATH");
+    let out = command.output().expect("initdb and pg_ctl installed");
     assert!(
         out.status.success(),
         "{args:?}: {}{}",

@@ -333,7 +333,8 @@ fn over_long_strings_are_text_too_long() {
     let id_at_limit = "é".repeat(MAX_ID_BYTES / 2);
     let id_over = format!("{id_at_limit}x");
     let name_over = "n".repeat(MAX_NAME_BYTES + 1);
-    let edits: [(&str, fn(&mut Value, Value)); 5] = [
+    type Edit = fn(&mut Value, Value);
+    let edits: [(&str, Edit); 5] = [
         ("orderId", |o, v| o["orderId"] = v),
         ("customerId", |o, v| o["customerId"] = v),
         ("checkoutOfCart", |o, v| o["checkoutOfCart"] = v),

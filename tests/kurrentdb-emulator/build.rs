@@ -1,4 +1,5 @@
-//! Generates the gRPC server stubs from the emulator's own .proto files.
+//! Generates the gRPC server stubs (and clients, for the delivery
+//! benchmark) from the emulator's own .proto files.
 //! protox compiles them in-process, so no `protoc` binary is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_build::configure()
         .build_server(true)
-        .build_client(false)
+        .build_client(true)
         .compile_fds(descriptors)?;
     Ok(())
 }

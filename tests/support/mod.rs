@@ -2,6 +2,7 @@
 //! running in-process, and a TCP proxy that can cut PostgreSQL off.
 #![allow(dead_code)]
 
+pub mod pg_instance;
 pub mod proxy;
 
 use std::future::Future;

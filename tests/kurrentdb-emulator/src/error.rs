@@ -34,6 +34,14 @@ pub enum EmulatorError {
         current: Option<u64>,
     },
 
+    /// The data directory cannot be read or written.
+    #[error("cannot use data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A stream name the emulator refuses (empty, or `$all`).
     #[error("invalid stream name {0:?}")]
     InvalidStream(String),

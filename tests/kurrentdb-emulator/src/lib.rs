@@ -5,6 +5,8 @@
 //! Layout:
 //! - [`store`]: the database handle (log + groups behind one lock);
 //! - `log`: streams, the global order, `$ce-`/`$et-` links;
+//! - `journal`: the on-disk log of a store with a data directory;
+//! - `encode`: persistent deliveries written straight to wire form;
 //! - [`persistent`]: consumer groups and their gRPC service;
 //! - `streams`, `features`: the other gRPC services;
 //! - [`server`]: the HTTP/2 listener and its lifecycle;
@@ -12,20 +14,23 @@
 //!
 //! Known gaps (real-server behaviour not emulated): TLS, authentication
 //! and ACLs; catch-up subscriptions; batch append; idempotent appends;
-//! stream metadata streams (`$$stream`), `$maxCount`/`$maxAge` set by
-//! clients; filters on `$all` groups and reads; projections beyond the
+//! stream metadata set by clients is stored but not applied (only the
+//! `$maxCount`/`$tb` the emulator sets on its own streams take effect);
+//! filters on `$all` reads (groups apply theirs); projections beyond the
 //! synchronous `$ce-`/`$et-` links (links carry no projection metadata);
 //! gRPC deadlines (`grpc-timeout`) are not enforced; the HTTP API;
-//! gossip and clusters; statistics such as rates are reported as 0.
+//! gossip and clusters.
 //! Persistent-subscription details are listed in `persistent::group`.
 
 // tonic's generated traits and helpers return `tonic::Status` as the
 // error; boxing it only in our helpers would add conversions for nothing.
 #![allow(clippy::result_large_err)]
 
+mod encode;
 pub mod error;
 pub mod events;
 mod features;
+mod journal;
 mod log;
 pub mod persistent;
 pub mod proto;

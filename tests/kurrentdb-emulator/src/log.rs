@@ -5,6 +5,9 @@
 //! into a stream's vector; truncation (`$tb`, `$maxCount`) hides events
 //! instead of freeing them, which keeps indexing O(1).
 //!
+//! With a data directory, every change is also recorded in the
+//! [`Journal`] and replayed from it when the store is opened again.
+//!
 //! Known gaps: no idempotent appends (re-sending the same event ids writes
 //! them again), no stream metadata stream (`$$<stream>`), no ACLs, and
 //! `$maxCount` is only applied to the streams the emulator writes itself.
@@ -13,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::events::{now_ticks, NewEvent, StoredEvent};
+use crate::journal::{self, Entry, Journal};
 
 /// A system-written stream whose name starts with `$` is never categorised.
 const SYSTEM_PREFIX: char = '$';
@@ -104,6 +108,8 @@ impl StreamData {
 pub struct Log {
     streams: HashMap<String, StreamData>,
     all: Vec<Arc<StoredEvent>>,
+    /// Where changes are recorded, for a store with a data directory.
+    journal: Option<Journal>,
 }
 
 impl Log {
@@ -143,9 +149,68 @@ impl Log {
         Ok((appended, touched))
     }
 
+    /// Replays a journal into an empty log, then records every later
+    /// change in it.
+    pub fn attach(&mut self, journal: Journal, entries: Vec<Entry>) {
+        for entry in entries {
+            self.apply(entry);
+        }
+        self.journal = Some(journal);
+    }
+
+    /// Writes buffered journal lines to disk.
+    pub fn flush(&mut self) {
+        if let Some(journal) = &mut self.journal {
+            journal.flush();
+        }
+    }
+
+    fn record(&mut self, entry: impl FnOnce() -> Entry) {
+        if let Some(journal) = &mut self.journal {
+            journal.record(&entry());
+        }
+    }
+
+    fn apply(&mut self, entry: Entry) {
+        match entry {
+            Entry::Write {
+                stream,
+                id,
+                event_type,
+                content_type,
+                data,
+                metadata,
+                created,
+            } => {
+                let event = NewEvent {
+                    id,
+                    event_type,
+                    content_type,
+                    data: journal::bytes(&data),
+                    metadata: journal::bytes(&metadata),
+                };
+                self.write_at(&stream, event, created);
+            }
+            Entry::Truncate { stream, before } => self.truncate(&stream, before),
+            Entry::Delete { stream } => {
+                let _ = self.delete(&stream, Expected::Any);
+            }
+            Entry::Tombstone { stream } => {
+                let _ = self.tombstone(&stream, Expected::Any);
+            }
+            Entry::Remove { stream } => self.remove(&stream),
+        }
+    }
+
     /// Appends without any check or projection; for the streams the
     /// emulator itself maintains (checkpoints, parked messages, links).
     pub fn write(&mut self, stream: &str, event: NewEvent) -> Arc<StoredEvent> {
+        let record = self.write_at(stream, event, now_ticks());
+        self.record(|| Entry::write(&record));
+        record
+    }
+
+    fn write_at(&mut self, stream: &str, event: NewEvent, created: u64) -> Arc<StoredEvent> {
         let position = self.all.len() as u64;
         let data = self.streams.entry(stream.to_owned()).or_default();
         let record = Arc::new(StoredEvent {
@@ -157,7 +222,7 @@ impl Log {
             data: event.data,
             metadata: event.metadata,
             position,
-            created_ticks: now_ticks(),
+            created_ticks: created,
         });
         data.soft_deleted = false;
         data.events.push(Arc::clone(&record));
@@ -170,6 +235,10 @@ impl Log {
         if let Some(data) = self.streams.get_mut(stream) {
             data.truncate_before = data.truncate_before.max(before);
         }
+        self.record(|| Entry::Truncate {
+            stream: stream.to_owned(),
+            before,
+        });
     }
 
     /// Keeps only the last `count` events visible (`$maxCount`).
@@ -186,6 +255,9 @@ impl Log {
             data.truncate_before = data.next_revision();
             data.soft_deleted = true;
         }
+        self.record(|| Entry::Delete {
+            stream: stream.to_owned(),
+        });
         Ok(())
     }
 
@@ -195,6 +267,9 @@ impl Log {
         let data = self.streams.entry(stream.to_owned()).or_default();
         data.truncate_before = data.next_revision();
         data.tombstoned = true;
+        self.record(|| Entry::Tombstone {
+            stream: stream.to_owned(),
+        });
         Ok(())
     }
 
@@ -202,6 +277,9 @@ impl Log {
     /// and parked messages). Its events stay in `$all`.
     pub fn remove(&mut self, stream: &str) {
         self.streams.remove(stream);
+        self.record(|| Entry::Remove {
+            stream: stream.to_owned(),
+        });
     }
 
     /// Resolves a link event to the event it points at, if it still exists.

@@ -1,6 +1,6 @@
-//! `kurrentdb-emulator`: serves an in-memory KurrentDB over gRPC until
-//! SIGINT or SIGTERM. Logs go to stderr; `RUST_LOG` overrides the default
-//! `info` level.
+//! `kurrentdb-emulator`: serves a KurrentDB over gRPC until SIGINT or
+//! SIGTERM, in memory or kept in a data directory. Logs go to stderr;
+//! `RUST_LOG` overrides the default `info` level.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,9 +18,15 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:2113")]
     listen: SocketAddr,
 
-    /// JSON seed files to append before serving, in order.
+    /// JSON seed files to append before serving, in order. With a data
+    /// directory they are appended only when it holds nothing yet.
     #[arg(long = "seed", value_name = "FILE")]
     seeds: Vec<PathBuf>,
+
+    /// Keep the database in this directory across restarts (created if
+    /// missing); without it the database lives in memory only.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -32,8 +38,18 @@ async fn main() -> ExitCode {
         .init();
     let args = Args::parse();
 
-    let store = Store::new();
-    for path in &args.seeds {
+    let store = match &args.data_dir {
+        Some(dir) => match Store::open(dir) {
+            Ok(store) => store,
+            Err(error) => {
+                tracing::error!(%error, cause = ?std::error::Error::source(&error), "cannot open the data directory");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Store::new(),
+    };
+    let seeds: &[PathBuf] = if store.is_empty() { &args.seeds } else { &[] };
+    for path in seeds {
         match store.seed_file(path) {
             Ok(events) => tracing::info!(path = %path.display(), events, "seeded"),
             Err(error) => {

@@ -2,15 +2,18 @@
 //! persistent subscription groups that read it.
 //!
 //! One lock keeps appends, deliveries and acks in a single order, like the
-//! server's single writer. Every operation holds it briefly and does no
-//! I/O under it: deliveries are queued on unbounded channels whose depth
-//! is bounded by each consumer's buffer size.
+//! server's single writer. Every operation holds it briefly: deliveries
+//! are queued on unbounded channels whose depth is bounded by each
+//! consumer's buffer size. The only I/O under it is the journal of a
+//! store opened with [`Store::open`], flushed when the lock is released.
 
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::EmulatorError;
 use crate::events::{NewEvent, StoredEvent};
+use crate::journal::Journal;
 use crate::log::{AppendError, Appended, Expected, Log};
 use crate::persistent::registry::Groups;
 use crate::persistent::stats::GroupStats;
@@ -54,6 +57,29 @@ impl Store {
     /// An empty database.
     pub fn new() -> Store {
         Store::default()
+    }
+
+    /// A database kept in `dir` (created if needed): what was written
+    /// there before is replayed, groups included, and every change is
+    /// appended to it. See the `journal` module for the format.
+    pub fn open(dir: &Path) -> Result<Store, EmulatorError> {
+        let (journal, entries) = Journal::open(dir).map_err(|source| EmulatorError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let store = Store::new();
+        {
+            let mut state = store.lock();
+            let state = &mut *state;
+            state.log.attach(journal, entries);
+            state.groups.load_config(&state.log);
+        }
+        Ok(store)
+    }
+
+    /// Whether nothing was ever written (a fresh data directory).
+    pub fn is_empty(&self) -> bool {
+        self.lock().log.all().is_empty()
     }
 
     /// Appends `events` to `stream` whatever its revision, and writes the
@@ -102,7 +128,31 @@ impl Store {
 
     /// The lock. A panic while holding it leaves consistent-enough data
     /// for a test double, so poisoning is ignored.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn lock(&self) -> StateGuard<'_> {
+        StateGuard(self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The locked state; releasing it flushes the journal, so whatever one
+/// operation wrote is on disk before the next one starts.
+pub(crate) struct StateGuard<'a>(MutexGuard<'a, State>);
+
+impl Deref for StateGuard<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.0
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        self.0.log.flush();
     }
 }

@@ -174,7 +174,8 @@ impl StreamsService {
             Ok(_) => Ok(state.log.all().last().map(|e| e.position)),
             Err(AppendError::StreamDeleted) => Err(status::stream_deleted(&stream)),
             Err(AppendError::WrongExpectedVersion { current, expected }) => {
-                Err(wrong_version_status(&stream, current, expected))
+                let operation = if hard { "Tombstone" } else { "Delete" };
+                Err(wrong_version_status(operation, &stream, current, expected))
             }
         }
     }
@@ -262,7 +263,12 @@ fn wrong_version(
 }
 
 /// Delete and tombstone report a version clash as a status.
-fn wrong_version_status(stream: &str, current: Option<u64>, expected: Expected) -> Status {
+fn wrong_version_status(
+    operation: &str,
+    stream: &str,
+    current: Option<u64>,
+    expected: Expected,
+) -> Status {
     let actual = current.map_or("-1".to_owned(), |r| r.to_string());
     let expected = match expected {
         Expected::Any => "-2".to_owned(),
@@ -282,11 +288,11 @@ fn wrong_version_status(stream: &str, current: Option<u64>, expected: Expected) 
         trailers.insert("actual-version", a);
         trailers.insert("expected-version", e);
     }
-    Status::with_metadata(
-        Code::FailedPrecondition,
-        format!("Append failed due to WrongExpectedVersion. Stream: {stream}"),
-        trailers,
-    )
+    let message = format!(
+        "{operation} failed due to WrongExpectedVersion. Stream: {stream}, \
+         Expected version: {expected}, Actual version: {actual}"
+    );
+    Status::with_metadata(Code::FailedPrecondition, message, trailers)
 }
 
 fn all_position(position: u64) -> AllStreamPosition {

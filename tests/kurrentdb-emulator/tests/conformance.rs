@@ -3,11 +3,17 @@
 
 use std::time::Duration;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use kurrentdb::{
-    AppendToStreamOptions, Client, ClientSettings, EventData, NakAction, PersistentSubscription,
-    PersistentSubscriptionEvent, PersistentSubscriptionOptions, ReadStreamOptions, ResolvedEvent,
-    StreamPosition, StreamState, SubscribeToPersistentSubscriptionOptions, SystemConsumerStrategy,
+    AppendToStreamOptions, Client, ClientSettings, DeleteStreamOptions, EventData, NakAction,
+    PersistentSubscription, PersistentSubscriptionEvent, PersistentSubscriptionOptions,
+    PersistentSubscriptionToAllOptions, Position, ReadStreamOptions, ReplayParkedMessagesOptions,
+    ResolvedEvent, StreamMetadataResult, StreamPosition, StreamState,
+    SubscribeToPersistentSubscriptionOptions, SubscriptionFilter, SystemConsumerStrategy,
+    TombstoneStreamOptions,
 };
+use kurrentdb_emulator::persistent::pinned::bucket_of;
 use kurrentdb_emulator::{NewEvent, Outcome, Server, Store};
 use serde_json::json;
 
@@ -524,4 +530,739 @@ async fn group_info_and_the_subscriber_limit() {
         .subscribe_to_persistent_subscription("order-1", "g", &Default::default())
         .await;
     assert!(second.is_err());
+}
+
+async fn subscribe_with_buffer(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    buffer: usize,
+) -> PersistentSubscription {
+    let options = SubscribeToPersistentSubscriptionOptions::default().buffer_size(buffer);
+    client
+        .subscribe_to_persistent_subscription(stream, group, &options)
+        .await
+        .expect("subscribed")
+}
+
+/// Gives in-flight work a moment, for checks that nothing more happens.
+async fn settle_down() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+fn stats(server: &Server, stream: &str, group: &str) -> kurrentdb_emulator::GroupStats {
+    server
+        .store()
+        .group_stats(stream, group)
+        .expect("the group")
+}
+
+/// Appends to `order-*` streams also link each event into `$et-<type>`.
+#[tokio::test]
+async fn event_type_streams_link_every_event_of_their_type() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 2);
+    let store = server.store();
+    store
+        .append("cart-1", vec![NewEvent::json("CartOpened", &json!({}))])
+        .unwrap();
+
+    let options = ReadStreamOptions::default().resolve_link_tos();
+    let mut read = client
+        .read_stream("$et-OrderPlaced", &options)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(event) = read.next().await.unwrap() {
+        let original = event.event.as_ref().expect("resolved");
+        seen.push((original.stream_id().to_owned(), original.revision));
+    }
+    assert_eq!(seen, [("order-1".into(), 0), ("order-1".into(), 1)]);
+    assert_eq!(store.read_stream("$et-CartOpened").len(), 1);
+}
+
+/// A `$all` group without a filter gets system streams such as `$ce-`
+/// links, but never its own checkpoint records.
+#[tokio::test]
+async fn all_groups_never_see_their_own_checkpoints() {
+    let (server, client) = start().await;
+    let options = PersistentSubscriptionToAllOptions::default()
+        .start_from(StreamPosition::Start)
+        .checkpoint_lower_bound(1)
+        .checkpoint_upper_bound(1);
+    client
+        .create_persistent_subscription_to_all("g", &options)
+        .await
+        .unwrap();
+    let mut sub = client
+        .subscribe_to_persistent_subscription_to_all("g", &Default::default())
+        .await
+        .unwrap();
+    seed(&server, "order-1", 3);
+
+    let mut streams = BTreeSet::new();
+    while !streams.contains("$et-OrderPlaced") || streams.len() < 4 {
+        let (event, _) = next(&mut sub).await;
+        streams.insert(event.get_original_event().stream_id().to_owned());
+        sub.ack(&event).await.unwrap();
+    }
+    let store = server.store();
+    eventually("a checkpoint", || {
+        !store
+            .read_stream("$persistentsubscription-$all::g-checkpoint")
+            .is_empty()
+    })
+    .await;
+    seed(&server, "order-2", 1);
+    loop {
+        let (event, _) = next(&mut sub).await;
+        let stream = event.get_original_event().stream_id().to_owned();
+        assert!(
+            !stream.starts_with("$persistentsubscription-$all::"),
+            "{stream}"
+        );
+        sub.ack(&event).await.unwrap();
+        if stream == "order-2" {
+            break;
+        }
+    }
+    assert!(streams.contains("$ce-order"), "{streams:?}");
+}
+
+/// A `$all` group filtered by stream-name prefix gets only those streams.
+#[tokio::test]
+async fn all_groups_apply_a_stream_name_prefix_filter() {
+    let (server, client) = start().await;
+    let filter = SubscriptionFilter::on_stream_name().add_prefix("order-");
+    let options = PersistentSubscriptionToAllOptions::default()
+        .start_from(StreamPosition::Start)
+        .filter(filter);
+    client
+        .create_persistent_subscription_to_all("g", &options)
+        .await
+        .unwrap();
+    seed(&server, "cart-1", 2);
+    seed(&server, "order-1", 1);
+    seed(&server, "cart-2", 1);
+    let mut sub = client
+        .subscribe_to_persistent_subscription_to_all("g", &Default::default())
+        .await
+        .unwrap();
+
+    let (event, _) = next(&mut sub).await;
+    assert_eq!(event.get_original_event().stream_id(), "order-1");
+    settle_down().await;
+    assert_eq!(stats(&server, "$all", "g").delivered, 1);
+}
+
+/// A `$all` group filtered by an event-type regex gets only those types.
+#[tokio::test]
+async fn all_groups_apply_an_event_type_regex_filter() {
+    let (server, client) = start().await;
+    let filter = SubscriptionFilter::on_event_type().regex("^Cart.*d$");
+    let options = PersistentSubscriptionToAllOptions::default()
+        .start_from(StreamPosition::Start)
+        .filter(filter);
+    client
+        .create_persistent_subscription_to_all("g", &options)
+        .await
+        .unwrap();
+    let store = server.store();
+    for kind in ["CartOpened", "CartUpdate", "OrderPlaced", "CartClosed"] {
+        store
+            .append("cart-1", vec![NewEvent::json(kind, &json!({}))])
+            .unwrap();
+    }
+    let mut sub = client
+        .subscribe_to_persistent_subscription_to_all("g", &Default::default())
+        .await
+        .unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let (event, _) = next(&mut sub).await;
+        kinds.push(event.get_original_event().event_type.clone());
+    }
+    assert_eq!(kinds, ["CartOpened", "CartClosed"]);
+    settle_down().await;
+    assert_eq!(stats(&server, "$all", "g").delivered, 2);
+}
+
+/// Settings the server rejects (read batch not below the history buffer,
+/// negative counts) fail the create with the server's reason.
+#[tokio::test]
+async fn invalid_settings_are_refused_with_the_servers_reason() {
+    let (_server, client) = start().await;
+    let options = from_start().read_batch_size(50).history_buffer_size(50);
+    let refused = client
+        .create_persistent_subscription("order-1", "g", &options)
+        .await;
+    match refused {
+        Err(kurrentdb::Error::ServerError(message)) => {
+            assert!(message.contains("ReadBatchSize"), "{message}");
+        }
+        other => panic!("expected a server error, got {other:?}"),
+    }
+    let negative = from_start().max_retry_count(-1);
+    let refused = client
+        .create_persistent_subscription("order-1", "g", &negative)
+        .await;
+    assert!(
+        matches!(&refused, Err(kurrentdb::Error::ServerError(m)) if m.contains("non negative")),
+        "{refused:?}"
+    );
+}
+
+/// A group at its subscriber limit answers FailedPrecondition.
+#[tokio::test]
+async fn a_full_group_refuses_another_subscriber_with_failed_precondition() {
+    let (_server, client) = start().await;
+    create(
+        &client,
+        "order-1",
+        "g",
+        from_start().max_subscriber_count(1),
+    )
+    .await;
+    let _first = subscribe(&client, "order-1", "g").await;
+    let second = client
+        .subscribe_to_persistent_subscription("order-1", "g", &Default::default())
+        .await;
+    match second {
+        Err(kurrentdb::Error::Grpc { code, .. }) => {
+            assert_eq!(code, tonic::Code::FailedPrecondition);
+        }
+        other => panic!("expected FailedPrecondition, got {:?}", other.err()),
+    }
+}
+
+/// DispatchToSingle fills the first consumer's buffer before the second
+/// gets anything.
+#[tokio::test]
+async fn dispatch_to_single_fills_the_first_consumer_first() {
+    let (server, client) = start().await;
+    let options = from_start().consumer_strategy_name(SystemConsumerStrategy::DispatchToSingle);
+    create(&client, "order-1", "g", options).await;
+    let mut a = subscribe_with_buffer(&client, "order-1", "g", 2).await;
+    let mut b = subscribe_with_buffer(&client, "order-1", "g", 2).await;
+    eventually("two consumers", || {
+        stats(&server, "order-1", "g").connections == 2
+    })
+    .await;
+    seed(&server, "order-1", 3);
+
+    let first = [next(&mut a).await.0, next(&mut a).await.0];
+    let revisions: Vec<u64> = first
+        .iter()
+        .map(|e| e.get_original_event().revision)
+        .collect();
+    assert_eq!(revisions, [0, 1]);
+    assert_eq!(next(&mut b).await.0.get_original_event().revision, 2);
+}
+
+/// Pinned keeps each source stream on one consumer; a joining consumer
+/// takes over the excess buckets of the first (owned minus its share).
+#[tokio::test]
+async fn pinned_keeps_streams_on_one_consumer_and_rebalances_on_join() {
+    let (server, client) = start().await;
+    let options = from_start()
+        .resolve_link_tos(true)
+        .consumer_strategy_name(SystemConsumerStrategy::Pinned);
+    create(&client, "$ce-order", "g", options).await;
+    let streams: Vec<String> = (0..40).map(|i| format!("order-{i}")).collect();
+    let mut a = subscribe_with_buffer(&client, "$ce-order", "g", 100).await;
+    for stream in &streams {
+        seed(&server, stream, 1);
+    }
+    for _ in 0..streams.len() {
+        let (event, _) = next(&mut a).await;
+        sub_ack(&mut a, &event).await;
+    }
+
+    let mut b = subscribe_with_buffer(&client, "$ce-order", "g", 100).await;
+    eventually("two consumers", || {
+        stats(&server, "$ce-order", "g").connections == 2
+    })
+    .await;
+    for stream in &streams {
+        seed(&server, stream, 2);
+    }
+    let mut owner: BTreeMap<String, BTreeSet<char>> = BTreeMap::new();
+    for _ in 0..streams.len() * 2 {
+        let (who, event) = tokio::select! {
+            (e, _) = next(&mut a) => ('a', e),
+            (e, _) = next(&mut b) => ('b', e),
+        };
+        let stream = event.event.as_ref().unwrap().stream_id().to_owned();
+        owner.entry(stream).or_default().insert(who);
+        let sub = if who == 'a' { &mut a } else { &mut b };
+        sub_ack(sub, &event).await;
+    }
+    assert!(owner.values().all(|who| who.len() == 1), "{owner:?}");
+
+    let buckets: BTreeSet<usize> = streams.iter().map(|s| bucket_of(s)).collect();
+    let moved: BTreeSet<usize> = owner
+        .iter()
+        .filter(|(_, who)| who.contains(&'b'))
+        .map(|(stream, _)| bucket_of(stream))
+        .collect();
+    assert_eq!(moved.len(), buckets.len() - buckets.len().div_ceil(2));
+}
+
+async fn sub_ack(sub: &mut PersistentSubscription, event: &ResolvedEvent) {
+    sub.ack(event).await.unwrap();
+}
+
+/// A consumer never holds more unacked events than its buffer size.
+#[tokio::test]
+async fn a_consumer_holds_at_most_its_buffer_size() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 5);
+    create(&client, "order-1", "g", from_start()).await;
+    let mut sub = subscribe_with_buffer(&client, "order-1", "g", 2).await;
+    let (first, _) = next(&mut sub).await;
+    next(&mut sub).await;
+    settle_down().await;
+    assert_eq!(stats(&server, "order-1", "g").delivered, 2);
+
+    sub.ack(&first).await.unwrap();
+    let (third, _) = next(&mut sub).await;
+    assert_eq!(third.get_original_event().revision, 2);
+}
+
+/// A retried event goes out before events not yet delivered.
+#[tokio::test]
+async fn retries_are_sent_before_new_events() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 3);
+    create(&client, "order-1", "g", from_start()).await;
+    let mut sub = subscribe_with_buffer(&client, "order-1", "g", 1).await;
+    let (event, _) = next(&mut sub).await;
+    sub.nack(&event, NakAction::Retry, "later").await.unwrap();
+    let (again, retry) = next(&mut sub).await;
+    assert_eq!((again.get_original_event().revision, retry), (0, 1));
+}
+
+/// Skip lets an event go; Park writes it to the parked stream with the
+/// client's reason after the server's prefix.
+#[tokio::test]
+async fn nack_skip_drops_and_nack_park_parks_with_the_clients_reason() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 2);
+    create(&client, "order-1", "g", from_start()).await;
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    let (skipped, _) = next(&mut sub).await;
+    sub.nack(&skipped, NakAction::Skip, "dull").await.unwrap();
+    let (parked, _) = next(&mut sub).await;
+    sub.nack(&parked, NakAction::Park, "poison").await.unwrap();
+
+    let store = server.store();
+    let stream = "$persistentsubscription-order-1::g-parked";
+    eventually("a parked event", || store.read_stream(stream).len() == 1).await;
+    let link = &store.read_stream(stream)[0];
+    assert_eq!(link.data, b"1@order-1");
+    let metadata: serde_json::Value = serde_json::from_slice(&link.metadata).unwrap();
+    assert_eq!(
+        metadata["reason"],
+        "Client explicitly NAK'ed message.\npoison"
+    );
+    settle_down().await;
+    let stats = stats(&server, "order-1", "g");
+    assert_eq!((stats.delivered, stats.in_flight), (2, 0));
+}
+
+/// Replaying with a stop-at replays the parked events before it only.
+#[tokio::test]
+async fn replay_parked_with_stop_at_replays_only_earlier_events() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 3);
+    create(&client, "order-1", "g", from_start()).await;
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    for _ in 0..3 {
+        let (event, _) = next(&mut sub).await;
+        sub.nack(&event, NakAction::Park, "later").await.unwrap();
+    }
+    eventually("three parked", || {
+        stats(&server, "order-1", "g").parked == 3
+    })
+    .await;
+
+    let options = ReplayParkedMessagesOptions::default().stop_at(2);
+    client
+        .replay_parked_messages("order-1", "g", &options)
+        .await
+        .unwrap();
+    let mut replayed = Vec::new();
+    for _ in 0..2 {
+        let (event, retry) = next(&mut sub).await;
+        assert_eq!(retry, 0);
+        replayed.push(event.event.as_ref().unwrap().revision);
+        sub.ack(&event).await.unwrap();
+    }
+    assert_eq!(replayed, [0, 1]);
+    settle_down().await;
+    assert_eq!(stats(&server, "order-1", "g").parked, 1);
+
+    client
+        .replay_parked_messages("order-1", "g", &Default::default())
+        .await
+        .unwrap();
+    let (event, _) = next(&mut sub).await;
+    assert_eq!(event.event.as_ref().unwrap().revision, 2);
+}
+
+/// The checkpoint stays before the lowest unacked event, and reaching the
+/// max count writes it at once, without waiting for the timer.
+#[tokio::test]
+async fn the_checkpoint_stays_before_the_lowest_unacked_event() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 4);
+    let options = from_start()
+        .checkpoint_lower_bound(1)
+        .checkpoint_upper_bound(2)
+        .checkpoint_after(Duration::from_secs(60));
+    create(&client, "order-1", "g", options).await;
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    let mut events = Vec::new();
+    for _ in 0..4 {
+        events.push(next(&mut sub).await.0);
+    }
+    for event in &events[1..] {
+        sub.ack(event).await.unwrap();
+    }
+    eventually("three acks", || stats(&server, "order-1", "g").acked == 3).await;
+    assert_eq!(stats(&server, "order-1", "g").last_checkpoint, None);
+
+    sub.ack(&events[0]).await.unwrap();
+    eventually("a checkpoint at 3", || {
+        stats(&server, "order-1", "g").last_checkpoint == Some(3)
+    })
+    .await;
+}
+
+/// Below the max count, a checkpoint waits for the timer and the min
+/// count.
+#[tokio::test]
+async fn a_timed_checkpoint_needs_the_min_count() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 3);
+    let options = from_start()
+        .checkpoint_lower_bound(3)
+        .checkpoint_upper_bound(100)
+        .checkpoint_after(Duration::from_millis(100));
+    create(&client, "order-1", "g", options).await;
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    for _ in 0..2 {
+        let (event, _) = next(&mut sub).await;
+        sub.ack(&event).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(stats(&server, "order-1", "g").last_checkpoint, None);
+
+    let (event, _) = next(&mut sub).await;
+    sub.ack(&event).await.unwrap();
+    eventually("a timed checkpoint", || {
+        stats(&server, "order-1", "g").last_checkpoint == Some(2)
+    })
+    .await;
+}
+
+/// Updating a group drops its consumers; a new one resumes after the
+/// checkpoint with the new settings.
+#[tokio::test]
+async fn updating_a_group_drops_consumers_and_reloads_from_the_checkpoint() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 3);
+    let options = from_start()
+        .checkpoint_lower_bound(1)
+        .checkpoint_upper_bound(1);
+    create(&client, "order-1", "g", options.clone()).await;
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    let (event, _) = next(&mut sub).await;
+    sub.ack(&event).await.unwrap();
+    eventually("a checkpoint", || {
+        stats(&server, "order-1", "g").last_checkpoint == Some(0)
+    })
+    .await;
+    next(&mut sub).await;
+
+    client
+        .update_persistent_subscription("order-1", "g", &options.max_retry_count(3))
+        .await
+        .unwrap();
+    // Events already received (revision 2) come first, then the end.
+    let ended = tokio::time::timeout(WAIT, async { while sub.next().await.is_ok() {} });
+    ended.await.expect("the subscription ends");
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    let (event, retry) = next(&mut sub).await;
+    assert_eq!((event.get_original_event().revision, retry), (1, 0));
+    let info = client
+        .get_persistent_subscription_info("order-1", "g", &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(info.settings.unwrap().max_retry_count, 3);
+}
+
+/// Deleting a group removes its checkpoint and parked streams.
+#[tokio::test]
+async fn deleting_a_group_removes_its_checkpoint_and_parked_streams() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 2);
+    let options = from_start()
+        .checkpoint_lower_bound(1)
+        .checkpoint_upper_bound(1);
+    create(&client, "order-1", "g", options).await;
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    let (event, _) = next(&mut sub).await;
+    sub.ack(&event).await.unwrap();
+    let (event, _) = next(&mut sub).await;
+    sub.nack(&event, NakAction::Park, "bad").await.unwrap();
+    let store = server.store();
+    let checkpoint = "$persistentsubscription-order-1::g-checkpoint";
+    let parked = "$persistentsubscription-order-1::g-parked";
+    eventually("both streams", || {
+        !store.read_stream(checkpoint).is_empty() && !store.read_stream(parked).is_empty()
+    })
+    .await;
+
+    client
+        .delete_persistent_subscription("order-1", "g", &Default::default())
+        .await
+        .unwrap();
+    assert!(store.read_stream(checkpoint).is_empty());
+    assert!(store.read_stream(parked).is_empty());
+    assert!(store.group_stats("order-1", "g").is_none());
+}
+
+/// GetInfo and List report connections, in-flight counts, positions,
+/// parked counts and start positions in the forms the client parses.
+#[tokio::test]
+async fn group_info_and_lists_report_live_statistics() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 3);
+    let options = from_start()
+        .checkpoint_lower_bound(1)
+        .checkpoint_upper_bound(1);
+    create(&client, "order-1", "g", options).await;
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    let (event, _) = next(&mut sub).await;
+    sub.ack(&event).await.unwrap();
+    let (event, _) = next(&mut sub).await;
+    sub.nack(&event, NakAction::Park, "bad").await.unwrap();
+    next(&mut sub).await;
+    eventually("a parked event", || {
+        stats(&server, "order-1", "g").parked == 1
+    })
+    .await;
+
+    let info = client
+        .get_persistent_subscription_info("order-1", "g", &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(info.status, "Live");
+    assert_eq!(info.connections.len(), 1);
+    assert_eq!(info.connections[0].in_flight_messages, 1);
+    assert_eq!(info.connections[0].total_items, 3);
+    assert_eq!(info.stats.total_in_flight_messages, 1);
+    assert_eq!(info.stats.parked_message_count, 1);
+    assert_eq!(info.stats.last_checkpointed_event_revision, Some(1));
+    assert_eq!(info.stats.last_known_event_revision, Some(2));
+    assert_eq!(info.settings.unwrap().start_from, StreamPosition::Start);
+
+    let at = Position {
+        commit: 2,
+        prepare: 2,
+    };
+    let all =
+        PersistentSubscriptionToAllOptions::default().start_from(StreamPosition::Position(at));
+    client
+        .create_persistent_subscription_to_all("h", &all)
+        .await
+        .unwrap();
+    let listed = client
+        .list_all_persistent_subscriptions(&Default::default())
+        .await
+        .unwrap();
+    let names: Vec<_> = listed.iter().map(|i| i.group_name.as_str()).collect();
+    assert_eq!(names, ["h", "g"]);
+    let info = client
+        .get_persistent_subscription_info_to_all("h", &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        info.settings.unwrap().start_from,
+        StreamPosition::Position(at)
+    );
+}
+
+/// Deleted streams read as missing and continue their revisions when
+/// written again; tombstoned ones refuse appends; a clashing expected
+/// revision on delete is the server's FailedPrecondition, which this
+/// client reports as a plain gRPC error.
+#[tokio::test]
+async fn deleted_and_tombstoned_streams_answer_as_the_server_does() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 2);
+    let clash = DeleteStreamOptions::default().stream_state(StreamState::StreamRevision(7));
+    match client.delete_stream("order-1", &clash).await {
+        Err(kurrentdb::Error::Grpc { code, message }) => {
+            assert_eq!(code, tonic::Code::FailedPrecondition);
+            assert!(message.contains("WrongExpectedVersion"), "{message}");
+        }
+        other => panic!("expected a version clash, got {other:?}"),
+    }
+
+    client
+        .delete_stream("order-1", &Default::default())
+        .await
+        .unwrap();
+    let mut read = client
+        .read_stream("order-1", &Default::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        read.next().await,
+        Err(kurrentdb::Error::ResourceNotFound)
+    ));
+    let written = client
+        .append_to_stream("order-1", &Default::default(), events(1))
+        .await
+        .unwrap();
+    assert_eq!(written.next_expected_version, 2);
+
+    client
+        .tombstone_stream("order-1", &TombstoneStreamOptions::default())
+        .await
+        .unwrap();
+    let refused = client
+        .append_to_stream("order-1", &Default::default(), events(1))
+        .await;
+    assert!(
+        matches!(refused, Err(kurrentdb::Error::ResourceDeleted)),
+        "{refused:?}"
+    );
+}
+
+/// The checkpoint stream carries `$maxCount` 2 and a replayed parked
+/// stream a `$tb`, as stream metadata the client reads.
+#[tokio::test]
+async fn checkpoint_and_parked_streams_carry_the_servers_metadata() {
+    let (server, client) = start().await;
+    seed(&server, "order-1", 1);
+    let options = from_start()
+        .checkpoint_lower_bound(1)
+        .checkpoint_upper_bound(1);
+    create(&client, "order-1", "g", options).await;
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    let (event, _) = next(&mut sub).await;
+    sub.nack(&event, NakAction::Park, "bad").await.unwrap();
+    eventually("parked", || stats(&server, "order-1", "g").parked == 1).await;
+    client
+        .replay_parked_messages("order-1", "g", &Default::default())
+        .await
+        .unwrap();
+    let (event, _) = next(&mut sub).await;
+    sub.ack(&event).await.unwrap();
+    eventually("a checkpoint", || {
+        stats(&server, "order-1", "g").last_checkpoint.is_some()
+    })
+    .await;
+
+    let checkpoint = "$persistentsubscription-order-1::g-checkpoint";
+    let metadata = stream_metadata(&client, checkpoint).await;
+    assert_eq!(metadata.max_count, Some(2));
+    let parked = stream_metadata(&client, "$persistentsubscription-order-1::g-parked").await;
+    assert_eq!(parked.truncate_before, Some(1));
+}
+
+async fn stream_metadata(client: &Client, stream: &str) -> kurrentdb::StreamMetadata {
+    match client
+        .get_stream_metadata(stream, &Default::default())
+        .await
+        .unwrap()
+    {
+        StreamMetadataResult::Success(versioned) => versioned.metadata().clone(),
+        other => panic!("no metadata for {stream}: {other:?}"),
+    }
+}
+
+/// Two source events with the same id are both delivered, but only the
+/// first is tracked, so one ack settles the pair.
+#[tokio::test]
+async fn duplicate_event_ids_in_flight_are_tracked_once() {
+    let (server, client) = start().await;
+    let twin = NewEvent::json("OrderPlaced", &json!({}));
+    server
+        .store()
+        .append("order-1", vec![twin.clone(), twin])
+        .unwrap();
+    create(&client, "order-1", "g", from_start()).await;
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    let (first, _) = next(&mut sub).await;
+    let (second, _) = next(&mut sub).await;
+    assert_eq!(
+        first.get_original_event().id,
+        second.get_original_event().id
+    );
+    assert_eq!(stats(&server, "order-1", "g").in_flight, 1);
+
+    sub.ack(&first).await.unwrap();
+    eventually("nothing in flight", || {
+        stats(&server, "order-1", "g").in_flight == 0
+    })
+    .await;
+}
+
+/// A store opened from a data directory keeps streams, groups (with
+/// their filters) and checkpoints across a full reopen.
+#[tokio::test]
+async fn a_data_directory_keeps_streams_groups_and_checkpoints() {
+    let dir = std::env::temp_dir().join(format!("emulator-{}", uuid::Uuid::new_v4()));
+    let store = Store::open(&dir).unwrap();
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), store)
+        .await
+        .unwrap();
+    let client = client_for(&server);
+    seed(&server, "order-1", 3);
+    let options = from_start()
+        .checkpoint_lower_bound(1)
+        .checkpoint_upper_bound(1);
+    create(&client, "order-1", "g", options).await;
+    let filter = SubscriptionFilter::on_stream_name().add_prefix("order-");
+    let all = PersistentSubscriptionToAllOptions::default().filter(filter);
+    client
+        .create_persistent_subscription_to_all("h", &all)
+        .await
+        .unwrap();
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    for _ in 0..2 {
+        let (event, _) = next(&mut sub).await;
+        sub.ack(&event).await.unwrap();
+    }
+    eventually("a checkpoint at 1", || {
+        stats(&server, "order-1", "g").last_checkpoint == Some(1)
+    })
+    .await;
+    server.stop().await;
+
+    let store = Store::open(&dir).unwrap();
+    assert_eq!(store.read_stream("order-1").len(), 3);
+    assert_eq!(store.read_stream("$ce-order").len(), 3);
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), store)
+        .await
+        .unwrap();
+    let client = client_for(&server);
+    let mut sub = subscribe(&client, "order-1", "g").await;
+    let (event, retry) = next(&mut sub).await;
+    assert_eq!((event.get_original_event().revision, retry), (2, 0));
+
+    let mut all = client
+        .subscribe_to_persistent_subscription_to_all("h", &Default::default())
+        .await
+        .unwrap();
+    seed(&server, "cart-1", 1);
+    seed(&server, "order-2", 1);
+    let (event, _) = next(&mut all).await;
+    assert_eq!(event.get_original_event().stream_id(), "order-2");
+    server.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -65,3 +65,35 @@ fn appends_return_the_last_revision_and_skip_system_streams() {
     assert!(store.read_stream("missing").is_empty());
     assert!(store.group_stats("cart-9", "none").is_none());
 }
+
+/// A data directory whose journal ends in a torn line (a crash mid-write)
+/// reopens with every complete change, and later writes follow them.
+#[test]
+fn a_torn_journal_line_is_cut_off_on_reopen() {
+    let dir = std::env::temp_dir().join(format!("emulator-lib-{}", uuid::Uuid::new_v4()));
+    let store = Store::open(&dir).unwrap();
+    store
+        .append("order-1", vec![NewEvent::json("A", &json!(1))])
+        .unwrap();
+    drop(store);
+    let journal = dir.join("log.jsonl");
+    let mut text = std::fs::read(&journal).unwrap();
+    text.extend_from_slice(br#"{"op":"write","stream":"ord"#);
+    std::fs::write(&journal, text).unwrap();
+
+    let store = Store::open(&dir).unwrap();
+    assert_eq!(store.read_stream("order-1").len(), 1);
+    store
+        .append("order-1", vec![NewEvent::json("A", &json!(2))])
+        .unwrap();
+    drop(store);
+    let store = Store::open(&dir).unwrap();
+    let data: Vec<_> = store
+        .read_stream("order-1")
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(data, [b"1".to_vec(), b"2".to_vec()]);
+    assert_eq!(store.read_stream("$ce-order").len(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,8 +4,9 @@
 //! The real server reads its source in batches into history and live
 //! buffers; the emulator's source is already in memory, so a group only
 //! keeps a cursor (`next`) into it and indexes the log directly. The buffer
-//! settings are therefore validated and reported, but do not shape
-//! delivery. Everything else follows the server's rules:
+//! settings are therefore validated and reported, but barely shape
+//! delivery (see the last rule). Everything else follows the server's
+//! rules:
 //!
 //! - a consumer holds at most `buffer_size` unsettled events; retries are
 //!   pushed before new events;
@@ -15,23 +16,25 @@
 //! - a consumer that leaves hands its events back with `retry_count + 1`
 //!   and no maximum check;
 //! - checkpoints record the position just before the lowest unsettled
-//!   event, under the min/max count and checkpoint-after rules.
+//!   event, under the min/max count and checkpoint-after rules;
+//! - an event whose id is already in flight is delivered but not
+//!   tracked (its ack settles the first copy), as upstream;
+//! - new events are taken from the source only while fewer than
+//!   `live_buffer_size` messages wait for a retry, which bounds the
+//!   messages a Pinned group holds for a full owner.
 //!
 //! Known gaps:
-//! - Pinned maps a stream's hash bucket straight onto a consumer index
-//!   instead of balancing bucket ownership, and events waiting for a full
-//!   owner collect in the retry list without bound;
-//! - duplicate event ids in one source overwrite each other's in-flight
-//!   entry (upstream skips the duplicate);
-//! - `$all` groups see every event, system streams and the emulator's own
-//!   checkpoint and parked writes included; filters are not applied;
 //! - replays run to completion synchronously, so "a replay is already
 //!   running" never happens;
-//! - rates and measurements in GetInfo are reported as 0, status is
-//!   always "Live".
+//! - GetInfo's status is "Live" or "Behind" only, and extra statistics
+//!   (latency measurements) are always empty;
+//! - checkpoints and parked links are written synchronously, so the
+//!   server's "one checkpoint write in flight" and its park retries never
+//!   come into play.
+//!
+//! `$all` groups: see `filter`; Pinned: see `pinned`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,12 +43,14 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use uuid::Uuid;
 
+use super::filter::{all_group_allows, Filter};
+use super::pinned::{self, Buckets};
 use super::settings::{Settings, StartFrom, Strategy};
 use super::stats::{Counters, GroupStats, Outcome, Settlement};
+use crate::encode;
 use crate::events::{NewEvent, StoredEvent, BINARY_CONTENT_TYPE, LINK_TYPE};
 use crate::log::Log;
 use crate::proto::persistent as pb;
-use crate::wire;
 
 /// The event type of checkpoint records.
 const CHECKPOINT_TYPE: &str = "$SubscriptionCheckpoint";
@@ -53,8 +58,8 @@ const CHECKPOINT_TYPE: &str = "$SubscriptionCheckpoint";
 /// The checkpoint stream keeps only its latest records (`$maxCount`).
 const CHECKPOINT_MAX_COUNT: u64 = 2;
 
-/// Pinned spreads source streams over this many buckets.
-const PINNED_BUCKETS: u64 = 1024;
+/// The event type of stream metadata records.
+const METADATA_TYPE: &str = "$metadata";
 
 /// The stream name the server uses for `$all` groups.
 pub const ALL_STREAM: &str = "$all";
@@ -84,6 +89,8 @@ struct Consumer {
     buffer_size: usize,
     in_flight: usize,
     delivered: u64,
+    /// `delivered` when GetInfo last measured the rate.
+    measured: u64,
     uuid_as_string: bool,
     outbox: Outbox,
     /// Its Read call went away; reaped after the current push.
@@ -140,6 +147,8 @@ struct InFlight {
     message: Message,
     consumer: u64,
     deadline: Instant,
+    /// Its Pinned bucket (0 for other strategies).
+    bucket: usize,
 }
 
 /// A group's source: one stream or the global log.
@@ -155,7 +164,11 @@ pub(crate) struct Group {
     name: String,
     source: Source,
     settings: Settings,
+    /// A `$all` group's filter, applied on top of the default rule.
+    filter: Option<Filter>,
     consumers: Vec<Consumer>,
+    /// Pinned bucket ownership.
+    buckets: Buckets,
     /// RoundRobin's next consumer index.
     next_consumer: usize,
     /// The next source index to read as a new event.
@@ -175,11 +188,20 @@ pub(crate) struct Group {
     last_checkpoint: Option<u64>,
     last_checkpoint_at: Option<Instant>,
     counters: Counters,
+    /// When GetInfo last measured rates, and the total then.
+    measured_at: Instant,
+    measured_total: u64,
 }
 
 impl Group {
     /// A new group, loaded from its checkpoint if one exists.
-    pub fn new(stream: &str, name: &str, settings: Settings, log: &Log) -> Group {
+    pub fn new(
+        stream: &str,
+        name: &str,
+        settings: Settings,
+        filter: Option<Filter>,
+        log: &Log,
+    ) -> Group {
         let source = if stream == ALL_STREAM {
             Source::All
         } else {
@@ -190,7 +212,9 @@ impl Group {
             name: name.to_owned(),
             source,
             settings,
+            filter,
             consumers: Vec::new(),
+            buckets: Buckets::default(),
             next_consumer: 0,
             next: 0,
             load_start: 0,
@@ -203,6 +227,8 @@ impl Group {
             last_checkpoint: None,
             last_checkpoint_at: None,
             counters: Counters::default(),
+            measured_at: Instant::now(),
+            measured_total: 0,
         };
         group.load(log);
         group
@@ -249,6 +275,16 @@ impl Group {
         self.settings = settings;
     }
 
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The `$all` filter, if any.
+    pub fn filter(&self) -> Option<&Filter> {
+        self.filter.as_ref()
+    }
+
     /// Forgets all delivery state and starts again from the checkpoint,
     /// or from the configured start when there is none. Consumers must
     /// have been dropped first.
@@ -286,6 +322,7 @@ impl Group {
             )),
         };
         // A closed outbox is reaped by the push below.
+        let id = joining.id;
         let gone = joining.outbox.send(Ok(confirmation)).is_err();
         self.consumers.push(Consumer {
             id: joining.id,
@@ -294,10 +331,15 @@ impl Group {
             buffer_size: joining.buffer_size,
             in_flight: 0,
             delivered: 0,
+            measured: 0,
             uuid_as_string: joining.uuid_as_string,
             outbox: joining.outbox,
             gone,
         });
+        if self.settings.strategy == Strategy::Pinned {
+            let ids = self.consumer_ids();
+            self.buckets.join(id, &ids);
+        }
         self.push(log, Instant::now());
         Ok(())
     }
@@ -309,6 +351,7 @@ impl Group {
             return;
         };
         self.consumers.remove(index);
+        self.buckets.leave(consumer);
         self.requeue_held_by(&[consumer]);
         self.push(log, Instant::now());
     }
@@ -321,6 +364,7 @@ impl Group {
             let _ = consumer.outbox.send(Err(status.clone()));
         }
         self.next_consumer = 0;
+        self.buckets.clear();
         self.requeue_held_by(&ids);
     }
 
@@ -425,6 +469,7 @@ impl Group {
         for message in replayed {
             self.enqueue_retry(message);
         }
+        write_metadata(log, &parked, serde_json::json!({ "$tb": end }));
         log.truncate(&parked, end);
         self.push(log, Instant::now());
     }
@@ -449,35 +494,57 @@ impl Group {
         }
     }
 
-    /// What GetInfo and List report.
-    pub fn info(&self, log: &Log) -> pb::SubscriptionInfo {
-        let s = &self.settings;
+    /// What GetInfo and List report. Rates are measured since the
+    /// previous call, as upstream.
+    pub fn info(&mut self, log: &Log) -> pb::SubscriptionInfo {
+        let now = Instant::now();
+        let seconds = now.duration_since(self.measured_at).as_secs_f64();
+        let rate = |items: u64| {
+            if seconds > 0.0 {
+                (items as f64 / seconds) as i32
+            } else {
+                0
+            }
+        };
         let connections = self
             .consumers
-            .iter()
-            .map(|c| pb::subscription_info::ConnectionInfo {
-                from: c.from.clone(),
-                username: String::new(),
-                average_items_per_second: 0,
-                total_items: c.delivered as i64,
-                count_since_last_measurement: 0,
-                observed_measurements: Vec::new(),
-                available_slots: c.buffer_size.saturating_sub(c.in_flight) as i32,
-                in_flight_messages: c.in_flight as i32,
-                connection_name: c.connection_name.clone(),
+            .iter_mut()
+            .map(|c| {
+                let recent = c.delivered - c.measured;
+                c.measured = c.delivered;
+                pb::subscription_info::ConnectionInfo {
+                    from: c.from.clone(),
+                    username: String::new(),
+                    average_items_per_second: rate(recent),
+                    total_items: c.delivered as i64,
+                    count_since_last_measurement: recent as i64,
+                    observed_measurements: Vec::new(),
+                    available_slots: c.buffer_size.saturating_sub(c.in_flight) as i32,
+                    in_flight_messages: c.in_flight as i32,
+                    connection_name: c.connection_name.clone(),
+                }
             })
             .collect();
-        let known = self.source_len(log).checked_sub(1);
+        let total = self.counters.delivered;
+        let recent = total - self.measured_total;
+        self.measured_total = total;
+        self.measured_at = now;
+
+        let s = &self.settings;
+        let len = self.source_len(log);
+        let waiting = len.saturating_sub(self.next);
+        let status = if waiting == 0 { "Live" } else { "Behind" };
+        let in_flight: usize = self.consumers.iter().map(|c| c.in_flight).sum();
         pb::SubscriptionInfo {
             event_source: self.stream.clone(),
             group_name: self.name.clone(),
-            status: "Live".to_owned(),
+            status: status.to_owned(),
             connections,
-            average_per_second: 0,
-            total_items: self.counters.delivered as i64,
-            count_since_last_measurement: 0,
+            average_per_second: rate(recent),
+            total_items: total as i64,
+            count_since_last_measurement: recent as i64,
             last_checkpointed_event_position: self.position_text(self.last_checkpoint),
-            last_known_event_position: self.position_text(known),
+            last_known_event_position: self.position_text(len.checked_sub(1)),
             resolve_link_tos: s.resolve_links,
             start_from: self.start_from_text(),
             message_timeout_milliseconds: millis(s.message_timeout),
@@ -490,9 +557,9 @@ impl Group {
             min_check_point_count: s.min_checkpoint_count,
             max_check_point_count: s.max_checkpoint_count,
             read_buffer_count: 0,
-            live_buffer_count: 0,
+            live_buffer_count: waiting.min(s.live_buffer_size.max(0) as u64) as i64,
             retry_buffer_count: self.retries.len() as i32,
-            total_in_flight_messages: self.in_flight.len() as i32,
+            total_in_flight_messages: in_flight as i32,
             outstanding_messages_count: self.in_flight.len() as i32,
             named_consumer_strategy: s.strategy.name().to_owned(),
             max_subscriber_count: s.max_subscriber_count,
@@ -580,12 +647,18 @@ impl Group {
 
     fn push_new(&mut self, log: &Log, now: Instant) {
         let len = self.source_len(log);
-        while self.next < len && self.any_room() {
+        let bound = usize::try_from(self.settings.live_buffer_size).unwrap_or(0);
+        while self.next < len && self.any_room() && self.retries.len() < bound.max(1) {
             let seq = self.next;
             self.next += 1;
             let Some(record) = self.source_get(log, seq) else {
                 continue; // truncated away
             };
+            if self.source == Source::All && !all_group_allows(self.filter.as_ref(), &record) {
+                // Filtered out: it still counts as seen for checkpoints.
+                self.last_pushed = Some(seq);
+                continue;
+            }
             let message = self.message_for(log, record, seq);
             self.last_pushed = Some(seq);
             *self.pending.entry(seq).or_default() += 1;
@@ -624,19 +697,28 @@ impl Group {
         self.consumers.iter().any(Consumer::has_room)
     }
 
-    /// The Pinned bucket of a message's stream (0 for other strategies,
-    /// which do not need it).
-    fn bucket_of(&self, message: &Message) -> u64 {
+    /// The Pinned bucket of a message's source stream (0 for other
+    /// strategies, which do not need it). An unresolved link counts for
+    /// the stream it points into.
+    fn bucket_of(&self, message: &Message) -> usize {
         if self.settings.strategy != Strategy::Pinned {
             return 0;
         }
-        let event = message.event().unwrap_or(&message.original);
-        let mut hasher = DefaultHasher::new();
-        event.stream.hash(&mut hasher);
-        hasher.finish() % PINNED_BUCKETS
+        let stream = match message.event() {
+            Some(event) if !event.is_link() => event.stream.as_str(),
+            _ => message
+                .original
+                .link_target()
+                .map_or(message.original.stream.as_str(), |(_, s)| s),
+        };
+        pinned::bucket_of(stream)
     }
 
-    fn pick_consumer(&mut self, bucket: u64) -> Option<usize> {
+    fn consumer_ids(&self) -> Vec<u64> {
+        self.consumers.iter().map(|c| c.id).collect()
+    }
+
+    fn pick_consumer(&mut self, bucket: usize) -> Option<usize> {
         let count = self.consumers.len();
         if count == 0 {
             return None;
@@ -652,7 +734,12 @@ impl Group {
             }
             Strategy::DispatchToSingle => self.consumers.iter().position(Consumer::has_room),
             Strategy::Pinned => {
-                let index = (bucket % count as u64) as usize;
+                if !self.any_room() {
+                    return None;
+                }
+                let ids = self.consumer_ids();
+                let owner = self.buckets.owner(bucket, &ids)?;
+                let index = self.consumers.iter().position(|c| c.id == owner)?;
                 self.consumers[index].has_room().then_some(index)
             }
         }
@@ -660,20 +747,35 @@ impl Group {
 
     /// Sends a message; gives it back if the consumer's call is gone.
     fn deliver(&mut self, index: usize, message: Message, now: Instant) -> Result<(), Message> {
+        let bucket = self.bucket_of(&message);
         let consumer = &mut self.consumers[index];
         let response = read_event(&message, consumer.uuid_as_string);
         if consumer.outbox.send(Ok(response)).is_err() {
             consumer.gone = true;
             return Err(message);
         }
-        consumer.in_flight += 1;
         consumer.delivered += 1;
         self.counters.delivered += 1;
+        if self.in_flight.contains_key(&message.id()) {
+            // Upstream sends it but tracks only the first copy.
+            tracing::warn!(
+                group = %self.subscription_id(),
+                event_id = %message.id(),
+                "duplicate event id in flight; not tracked"
+            );
+            self.release(&message);
+            return Ok(());
+        }
+        consumer.in_flight += 1;
         let held = InFlight {
             consumer: consumer.id,
             deadline: now + self.settings.message_timeout,
+            bucket,
             message,
         };
+        if self.settings.strategy == Strategy::Pinned {
+            self.buckets.sent(bucket);
+        }
         self.in_flight.insert(held.message.id(), held);
         Ok(())
     }
@@ -690,6 +792,9 @@ impl Group {
             return false;
         }
         self.consumers.retain(|c| !c.gone);
+        for &id in &gone {
+            self.buckets.leave(id);
+        }
         self.requeue_held_by(&gone);
         true
     }
@@ -717,6 +822,7 @@ impl Group {
         if let Some(consumer) = self.consumers.iter_mut().find(|c| c.id == held.consumer) {
             consumer.in_flight = consumer.in_flight.saturating_sub(1);
         }
+        self.buckets.settled(held.bucket, held.consumer);
         Some(held.message)
     }
 
@@ -824,6 +930,10 @@ impl Group {
             Source::All => format!("C:{at}/P:{at}"),
         };
         let stream = self.checkpoint_stream();
+        if log.stream(&stream).is_none() {
+            // The server sets the checkpoint stream's metadata first.
+            write_metadata(log, &stream, serde_json::json!({ "$maxCount": 2 }));
+        }
         let event = NewEvent::json(CHECKPOINT_TYPE, &serde_json::json!(text));
         log.write(&stream, event);
         log.keep_last(&stream, CHECKPOINT_MAX_COUNT);
@@ -842,6 +952,15 @@ impl Group {
             }
         }
     }
+}
+
+/// Writes a `$$<stream>` metadata record, as the server does for the
+/// streams a group keeps.
+fn write_metadata(log: &mut Log, stream: &str, metadata: serde_json::Value) {
+    log.write(
+        &format!("$${stream}"),
+        NewEvent::json(METADATA_TYPE, &metadata),
+    );
 }
 
 /// The lower-case action names the stats use.
@@ -865,11 +984,11 @@ fn millis(duration: Duration) -> i32 {
 fn read_event(message: &Message, uuid_as_string: bool) -> pb::ReadResp {
     use pb::read_resp::read_event::{Count, Position};
     let position = message.original.position;
-    let record = |event: &StoredEvent| recorded(event, position, uuid_as_string);
+    let record = |event: &StoredEvent| encode::recorded_event(event, position, uuid_as_string);
     let (event, link) = match &message.target {
-        Target::Itself => (Some(record(&message.original)), None),
-        Target::Resolved(event) => (Some(record(event)), Some(record(&message.original))),
-        Target::Missing => (None, Some(record(&message.original))),
+        Target::Itself => (record(&message.original), Vec::new()),
+        Target::Resolved(event) => (record(event), record(&message.original)),
+        Target::Missing => (Vec::new(), record(&message.original)),
     };
     pb::ReadResp {
         content: Some(pb::read_resp::Content::Event(pb::read_resp::ReadEvent {
@@ -878,22 +997,5 @@ fn read_event(message: &Message, uuid_as_string: bool) -> pb::ReadResp {
             position: Some(Position::CommitPosition(position)),
             count: Some(Count::RetryCount(message.retry_count)),
         })),
-    }
-}
-
-fn recorded(
-    event: &StoredEvent,
-    position: u64,
-    uuid_as_string: bool,
-) -> pb::read_resp::read_event::RecordedEvent {
-    pb::read_resp::read_event::RecordedEvent {
-        id: Some(wire::uuid_to_wire(event.id, uuid_as_string)),
-        stream_identifier: Some(wire::stream_identifier(&event.stream)),
-        stream_revision: event.revision,
-        prepare_position: position,
-        commit_position: position,
-        metadata: wire::system_metadata(event),
-        custom_metadata: event.metadata.clone(),
-        data: event.data.clone(),
     }
 }

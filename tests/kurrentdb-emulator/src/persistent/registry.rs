@@ -1,10 +1,12 @@
 //! The set of groups, keyed by stream and name, and the operations the
 //! gRPC service and the library API perform on them.
 //!
-//! Group definitions live as long as the [`crate::Store`], which plays the
-//! part of the server's persisted subscription configuration: a server
+//! Group definitions live as long as the [`crate::Store`]: a server
 //! restarted over the same store finds its groups and reloads them from
-//! their checkpoints.
+//! their checkpoints. Every create, update and delete also writes the
+//! whole configuration to `$persistentSubscriptionConfig`, as the server
+//! does; a store reopened from a data directory rebuilds its groups from
+//! the last of those records.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -12,9 +14,11 @@ use std::time::Instant;
 use tonic::Status;
 use uuid::Uuid;
 
+use super::filter::Filter;
 use super::group::{Group, GroupFull, Joining};
-use super::settings::Settings;
+use super::settings::{ConfigEntry, Settings};
 use super::stats::GroupStats;
+use crate::events::NewEvent;
 use crate::log::Log;
 use crate::proto::persistent as pb;
 use crate::status;
@@ -38,6 +42,20 @@ impl GroupError {
     }
 }
 
+/// The stream the group configuration is kept in, and its event type.
+const CONFIG_STREAM: &str = "$persistentSubscriptionConfig";
+const CONFIG_TYPE: &str = "$PersistentConfig";
+
+/// The configuration record's shape.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Config {
+    version: String,
+    updated: String,
+    updated_by: String,
+    entries: Vec<ConfigEntry>,
+}
+
 type Key = (String, String);
 
 fn key(stream: &str, group: &str) -> Key {
@@ -53,25 +71,28 @@ pub(crate) struct Groups {
 impl Groups {
     pub fn create(
         &mut self,
-        log: &Log,
+        log: &mut Log,
         stream: &str,
         name: &str,
         settings: Settings,
+        filter: Option<Filter>,
     ) -> Result<(), GroupError> {
         let key = key(stream, name);
         if self.groups.contains_key(&key) {
             return Err(GroupError::Exists);
         }
-        self.groups
-            .insert(key, Group::new(stream, name, settings, log));
+        let group = Group::new(stream, name, settings, filter, log);
+        self.groups.insert(key, group);
+        self.save_config(log);
         tracing::info!(stream, group = name, "group created");
         Ok(())
     }
 
-    /// New settings; consumers are dropped and the group reloads.
+    /// New settings (a `$all` group keeps its filter); consumers are
+    /// dropped and the group reloads.
     pub fn update(
         &mut self,
-        log: &Log,
+        log: &mut Log,
         stream: &str,
         name: &str,
         settings: Settings,
@@ -80,8 +101,63 @@ impl Groups {
         group.drop_consumers(&status::dropped(stream, name));
         group.set_settings(settings);
         group.load(log);
+        self.save_config(log);
         tracing::info!(stream, group = name, "group updated");
         Ok(())
+    }
+
+    /// Rebuilds the groups from the last configuration record (a store
+    /// reopened from disk). Entries that do not parse are skipped.
+    pub fn load_config(&mut self, log: &Log) {
+        let Some(record) = log
+            .stream(CONFIG_STREAM)
+            .and_then(|data| data.visible().last().cloned())
+        else {
+            return;
+        };
+        let Ok(config) = serde_json::from_slice::<Config>(&record.data) else {
+            tracing::warn!("group configuration does not parse; no groups loaded");
+            return;
+        };
+        for entry in config.entries {
+            let filter = entry.filter.as_ref().map(Filter::from_config);
+            match (entry.settings(), filter.transpose()) {
+                (Some(settings), Ok(filter)) => {
+                    let group = Group::new(&entry.stream, &entry.group, settings, filter, log);
+                    self.groups.insert(key(&entry.stream, &entry.group), group);
+                }
+                _ => tracing::warn!(
+                    stream = %entry.stream,
+                    group = %entry.group,
+                    "group configuration entry does not parse; skipped"
+                ),
+            }
+        }
+    }
+
+    fn save_config(&self, log: &mut Log) {
+        let entries = self
+            .groups
+            .values()
+            .map(|g| {
+                let filter = g.filter().map(Filter::to_config);
+                ConfigEntry::new(g.stream(), g.name(), g.settings(), filter)
+            })
+            .collect();
+        let config = Config {
+            version: "2".to_owned(),
+            updated: chrono::Utc::now().to_rfc3339(),
+            updated_by: "admin".to_owned(),
+            entries,
+        };
+        let data = serde_json::to_value(&config).unwrap_or_default();
+        if log.stream(CONFIG_STREAM).is_none() {
+            let metadata = serde_json::json!({ "$maxCount": 2 });
+            let meta_stream = format!("$${CONFIG_STREAM}");
+            log.write(&meta_stream, NewEvent::json("$metadata", &metadata));
+        }
+        log.write(CONFIG_STREAM, NewEvent::json(CONFIG_TYPE, &data));
+        log.keep_last(CONFIG_STREAM, 2);
     }
 
     /// Removes a group with its checkpoint and parked streams.
@@ -92,6 +168,7 @@ impl Groups {
             .ok_or(GroupError::NotFound)?;
         group.drop_consumers(&status::dropped(stream, name));
         group.remove_streams(log);
+        self.save_config(log);
         tracing::info!(stream, group = name, "group deleted");
         Ok(())
     }
@@ -148,9 +225,9 @@ impl Groups {
     }
 
     /// Every group, or those reading `stream`.
-    pub fn list(&self, log: &Log, stream: Option<&str>) -> Vec<pb::SubscriptionInfo> {
+    pub fn list(&mut self, log: &Log, stream: Option<&str>) -> Vec<pb::SubscriptionInfo> {
         self.groups
-            .values()
+            .values_mut()
             .filter(|g| stream.is_none_or(|s| g.stream() == s))
             .map(|g| g.info(log))
             .collect()

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use super::filter::Filter;
 use super::group::{Joining, ALL_STREAM};
 use super::settings::{Settings, StartFrom};
 use crate::proto::persistent::{self as pb, persistent_subscriptions_server};
@@ -45,16 +46,24 @@ fn stream_of(id: Option<&crate::proto::StreamIdentifier>, all: bool) -> String {
     }
 }
 
-/// The stream, group, start and settings of a Create or Update.
-fn group_definition(
-    options: Option<pb::GroupOptions>,
-) -> Result<(String, String, Settings), Status> {
+/// What a Create or Update defines.
+struct Definition {
+    stream: String,
+    group: String,
+    settings: Settings,
+    /// A `$all` group's filter (Update sends none and keeps the old one).
+    filter: Option<Filter>,
+}
+
+/// The stream, group, start, settings and filter of a Create or Update.
+fn group_definition(options: Option<pb::GroupOptions>) -> Result<Definition, Status> {
     use pb::all_options::AllOption;
     use pb::group_options::StreamOption;
     use pb::stream_options::RevisionOption;
 
     let options = options.ok_or_else(|| Status::invalid_argument("options are required"))?;
     let wire_settings = options.settings.unwrap_or_default();
+    let mut filter = Ok(None);
     let (stream, start) = match options.stream_option {
         Some(StreamOption::Stream(s)) => {
             let start = match s.revision_option {
@@ -70,6 +79,9 @@ fn group_definition(
                 Some(AllOption::End(_)) => StartFrom::End,
                 Some(AllOption::Start(_)) | None => StartFrom::Start,
             };
+            if let Some(pb::all_options::FilterOption::Filter(f)) = &a.filter_option {
+                filter = Filter::from_wire(f);
+            }
             (ALL_STREAM.to_owned(), start)
         }
         // Clients before 21.10 sent only the deprecated fields.
@@ -83,9 +95,15 @@ fn group_definition(
     if stream.is_empty() {
         return Err(status::group_failed(&stream, &group, "Bad stream name."));
     }
-    let settings = Settings::from_wire(&wire_settings, start)
-        .map_err(|reason| status::group_failed(&stream, &group, &reason))?;
-    Ok((stream, group, settings))
+    let failed = |reason: String| status::group_failed(&stream, &group, &reason);
+    let settings = Settings::from_wire(&wire_settings, start).map_err(failed)?;
+    let filter = filter.map_err(failed)?;
+    Ok(Definition {
+        stream,
+        group,
+        settings,
+        filter,
+    })
 }
 
 #[tonic::async_trait]
@@ -96,13 +114,13 @@ impl persistent_subscriptions_server::PersistentSubscriptions for PersistentServ
         &self,
         request: Request<pb::CreateReq>,
     ) -> Result<Response<pb::CreateResp>, Status> {
-        let (stream, group, settings) = group_definition(request.into_inner().options)?;
+        let d = group_definition(request.into_inner().options)?;
         let mut state = self.store.lock();
         let state = &mut *state;
         state
             .groups
-            .create(&state.log, &stream, &group, settings)
-            .map_err(|e| e.to_status(&stream, &group))?;
+            .create(&mut state.log, &d.stream, &d.group, d.settings, d.filter)
+            .map_err(|e| e.to_status(&d.stream, &d.group))?;
         Ok(Response::new(pb::CreateResp {}))
     }
 
@@ -110,13 +128,13 @@ impl persistent_subscriptions_server::PersistentSubscriptions for PersistentServ
         &self,
         request: Request<pb::UpdateReq>,
     ) -> Result<Response<pb::UpdateResp>, Status> {
-        let (stream, group, settings) = group_definition(request.into_inner().options)?;
+        let d = group_definition(request.into_inner().options)?;
         let mut state = self.store.lock();
         let state = &mut *state;
         state
             .groups
-            .update(&state.log, &stream, &group, settings)
-            .map_err(|e| e.to_status(&stream, &group))?;
+            .update(&mut state.log, &d.stream, &d.group, d.settings)
+            .map_err(|e| e.to_status(&d.stream, &d.group))?;
         Ok(Response::new(pb::UpdateResp {}))
     }
 
@@ -226,11 +244,14 @@ impl persistent_subscriptions_server::PersistentSubscriptions for PersistentServ
             Some(StreamOption::All(_)) => stream_of(None, true),
             None => String::new(),
         };
+        let group = options.group_name;
         let stop_at = match options.stop_at_option {
-            Some(StopAtOption::StopAt(at)) => u64::try_from(at).ok(),
+            Some(StopAtOption::StopAt(at)) => Some(u64::try_from(at).map_err(|_| {
+                let reason = "Cannot stop replaying parked message at a negative version.";
+                status::group_failed(&stream, &group, reason)
+            })?),
             Some(StopAtOption::NoLimit(_)) | None => None,
         };
-        let group = options.group_name;
         let mut state = self.store.lock();
         let state = &mut *state;
         state
@@ -252,7 +273,8 @@ impl persistent_subscriptions_server::PersistentSubscriptions for PersistentServ
             },
             Some(ListOption::ListAllSubscriptions(_)) | None => None,
         };
-        let state = self.store.lock();
+        let mut state = self.store.lock();
+        let state = &mut *state;
         let subscriptions = state.groups.list(&state.log, stream.as_deref());
         // Asking for one stream that has no groups is "not found".
         if let (Some(stream), true) = (&stream, subscriptions.is_empty()) {

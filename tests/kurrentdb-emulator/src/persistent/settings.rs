@@ -134,6 +134,16 @@ impl Settings {
 
     /// The checks the server makes when it builds the group.
     pub fn validate(&self) -> Result<(), String> {
+        let counts = [
+            self.max_retry_count,
+            self.live_buffer_size,
+            self.read_batch_size,
+            self.history_buffer_size,
+        ];
+        if counts.iter().any(|&count| count < 0) {
+            // The settings builder's argument check, again verbatim.
+            return Err("count should be non negative. (Parameter 'count')".to_owned());
+        }
         if self.read_batch_size >= self.history_buffer_size {
             // The server reports the .NET exception's message verbatim.
             return Err("Specified argument was out of the range of valid values. \
@@ -178,5 +188,110 @@ fn checkpoint_after(wire: &pb::Settings) -> Duration {
         Some(CheckpointAfter::CheckpointAfterMs(ms)) => millis(ms),
         Some(CheckpointAfter::CheckpointAfterTicks(t)) => ticks(t),
         None => Duration::ZERO,
+    }
+}
+
+/// One group as kept in the `$persistentSubscriptionConfig` stream, with
+/// the field names of the server's configuration entries.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigEntry {
+    /// The stream read, or `$all`.
+    pub stream: String,
+    /// The group name.
+    pub group: String,
+    /// A `$all` group's filter.
+    pub filter: Option<super::filter::FilterConfig>,
+    /// See [`Settings::resolve_links`].
+    pub resolve_link_tos: bool,
+    /// See [`Settings::extra_statistics`].
+    pub extra_statistics: bool,
+    /// Milliseconds.
+    pub message_timeout: u64,
+    /// `-1` for the end, else a revision; `C:x/P:x` for `$all`.
+    pub start_position: String,
+    /// See [`Settings::live_buffer_size`].
+    pub live_buffer_size: i32,
+    /// See [`Settings::history_buffer_size`].
+    pub history_buffer_size: i32,
+    /// See [`Settings::max_retry_count`].
+    pub max_retry_count: i32,
+    /// See [`Settings::read_batch_size`].
+    pub read_batch_size: i32,
+    /// Milliseconds.
+    pub check_point_after: u64,
+    /// See [`Settings::min_checkpoint_count`].
+    pub min_check_point_count: i32,
+    /// See [`Settings::max_checkpoint_count`].
+    pub max_check_point_count: i32,
+    /// See [`Settings::max_subscriber_count`].
+    pub max_subscriber_count: i32,
+    /// The strategy's name.
+    pub named_consumer_strategy: String,
+}
+
+impl ConfigEntry {
+    /// The entry of a group.
+    pub fn new(
+        stream: &str,
+        group: &str,
+        settings: &Settings,
+        filter: Option<super::filter::FilterConfig>,
+    ) -> ConfigEntry {
+        let all = stream == super::group::ALL_STREAM;
+        let start = match (settings.start_from, all) {
+            (StartFrom::End, false) => "-1".to_owned(),
+            (StartFrom::End, true) => "C:-1/P:-1".to_owned(),
+            (StartFrom::Start, false) => "0".to_owned(),
+            (StartFrom::Start, true) => "C:0/P:0".to_owned(),
+            (StartFrom::At(at), false) => at.to_string(),
+            (StartFrom::At(at), true) => format!("C:{at}/P:{at}"),
+        };
+        ConfigEntry {
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+            filter,
+            resolve_link_tos: settings.resolve_links,
+            extra_statistics: settings.extra_statistics,
+            message_timeout: settings.message_timeout.as_millis() as u64,
+            start_position: start,
+            live_buffer_size: settings.live_buffer_size,
+            history_buffer_size: settings.history_buffer_size,
+            max_retry_count: settings.max_retry_count,
+            read_batch_size: settings.read_batch_size,
+            check_point_after: settings.checkpoint_after.as_millis() as u64,
+            min_check_point_count: settings.min_checkpoint_count,
+            max_check_point_count: settings.max_checkpoint_count,
+            max_subscriber_count: settings.max_subscriber_count,
+            named_consumer_strategy: settings.strategy.name().to_owned(),
+        }
+    }
+
+    /// The settings back; None if the entry does not parse.
+    pub fn settings(&self) -> Option<Settings> {
+        let start = self.start_position.as_str();
+        let commit = start
+            .strip_prefix("C:")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or(start);
+        let start_from = match commit.parse::<i64>().ok()? {
+            -1 => StartFrom::End,
+            at => StartFrom::At(u64::try_from(at).ok()?),
+        };
+        Some(Settings {
+            resolve_links: self.resolve_link_tos,
+            start_from,
+            extra_statistics: self.extra_statistics,
+            message_timeout: Duration::from_millis(self.message_timeout),
+            max_retry_count: self.max_retry_count,
+            live_buffer_size: self.live_buffer_size,
+            read_batch_size: self.read_batch_size,
+            history_buffer_size: self.history_buffer_size,
+            checkpoint_after: Duration::from_millis(self.check_point_after),
+            min_checkpoint_count: self.min_check_point_count,
+            max_checkpoint_count: self.max_check_point_count,
+            max_subscriber_count: self.max_subscriber_count,
+            strategy: Strategy::parse(&self.named_consumer_strategy)?,
+        })
     }
 }
