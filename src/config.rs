@@ -90,12 +90,12 @@ impl Default for KurrentDbSettings {
             create_group: true,
             start_from: "start".into(),
             resolve_links: true,
-            buffer_size: 64,
+            buffer_size: 512,
             message_timeout_ms: 30_000,
             max_retry_count: 10,
-            live_buffer_size: 500,
-            read_batch_size: 20,
-            history_buffer_size: 500,
+            live_buffer_size: 1000,
+            read_batch_size: 100,
+            history_buffer_size: 1000,
             checkpoint_after_ms: 2_000,
             event_type: "order-placed".into(),
             startup_timeout_ms: 60_000,
@@ -156,6 +156,9 @@ pub struct RelaySettings {
     pub max_event_bytes: usize,
     /// Most events written in one transaction.
     pub batch_size: usize,
+    /// Batches written at the same time, each on its own connection. Two
+    /// let one batch be gathered and decoded while another is written.
+    pub writers: usize,
     /// How long a batch waits for more events before it is written.
     pub linger_ms: u64,
     /// How long a transient write failure is retried in place before the
@@ -171,7 +174,8 @@ impl Default for RelaySettings {
         Self {
             poison_action: PoisonAction::Skip,
             max_event_bytes: 1024 * 1024,
-            batch_size: 64,
+            batch_size: 128,
+            writers: 2,
             linger_ms: 5,
             write_retry_ms: 10_000,
             shutdown_timeout_ms: 30_000,
@@ -312,6 +316,9 @@ impl Settings {
         }
         if self.postgres.pool_size == 0 {
             return invalid("postgres.pool_size", "must be at least 1");
+        }
+        if self.relay.writers == 0 {
+            return invalid("relay.writers", "must be at least 1");
         }
         if self.relay.batch_size == 0 {
             return invalid("relay.batch_size", "must be at least 1");

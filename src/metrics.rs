@@ -190,14 +190,19 @@ pub fn record_lag(stream_len: u64, checkpoint: Option<u64>) {
     gauge!(LAG).set(stream_len.saturating_sub(done) as f64);
 }
 
-/// Measures the lag every `every`, until the process ends. Failures are
-/// logged at debug and leave the gauge as it was: the relay's own logs
-/// already say when KurrentDB is unreachable.
+/// Measures the lag every `every` while the relay is subscribed, until the
+/// process ends. Failures are logged at debug and leave the gauge as it
+/// was; while the relay is not subscribed nothing is measured, because the
+/// client would log every failed attempt to reach KurrentDB at error level
+/// and the relay already reports the outage.
 pub async fn poll_lag(settings: KurrentDbSettings, every: Duration) {
     let mut client = None;
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
+        if !crate::health::is_subscribed() {
+            continue;
+        }
         if client.is_none() {
             client = source::connect(&settings).ok();
         }

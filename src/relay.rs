@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
 use kurrentdb::{PersistentSubscription, PersistentSubscriptionEvent};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Masked, Settings};
@@ -267,13 +267,19 @@ async fn consume(
 ) -> End {
     let (work_tx, work_rx) = mpsc::channel(settings.kurrentdb.buffer_size);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_batches(
-        handler.clone(),
-        work_rx,
-        done_tx,
-        settings.relay.batch_size,
-        Duration::from_millis(settings.relay.linger_ms),
-    ));
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let writers: Vec<_> = (0..settings.relay.writers)
+        .map(|_| {
+            tokio::spawn(write_batches(
+                handler.clone(),
+                work_rx.clone(),
+                done_tx.clone(),
+                settings.relay.batch_size,
+                Duration::from_millis(settings.relay.linger_ms),
+            ))
+        })
+        .collect();
+    drop(done_tx);
 
     let end = loop {
         tokio::select! {
@@ -303,7 +309,7 @@ async fn consume(
     if matches!(end, End::Stopped | End::StoreUnavailable) {
         finish(&mut subscription, &mut done_rx, settings).await;
     }
-    writer.abort();
+    writers.iter().for_each(|w| w.abort());
     end
 }
 
@@ -415,27 +421,40 @@ async fn handle_guarded(handler: &Handler, batch: Vec<Delivery>) -> Vec<Settled>
     })
 }
 
-/// The writer: gathers deliveries into batches of up to `batch_size`,
-/// waiting at most `linger` for a batch to fill, and returns their verdicts.
+/// A writer: gathers deliveries into batches of up to `batch_size`,
+/// waiting at most `linger` for a batch to fill, and returns their
+/// verdicts. Several writers share the work queue, so one gathers the next
+/// batch while another waits for PostgreSQL.
 async fn write_batches(
     handler: Arc<Handler>,
-    mut work: mpsc::Receiver<Delivery>,
+    work: Arc<Mutex<mpsc::Receiver<Delivery>>>,
     done: mpsc::UnboundedSender<Vec<Settled>>,
     batch_size: usize,
     linger: Duration,
 ) {
-    while let Some(first) = work.recv().await {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < batch_size {
-            match tokio::time::timeout_at(deadline, work.recv()).await {
-                Ok(Some(delivery)) => batch.push(delivery),
-                _ => break,
-            }
-        }
+    while let Some(batch) = gather(&work, batch_size, linger).await {
         let settled = handle_guarded(&handler, batch).await;
         if done.send(settled).is_err() {
             return;
         }
     }
+}
+
+/// Takes the next batch off the queue; `None` once the queue is closed and
+/// empty.
+async fn gather(
+    work: &Mutex<mpsc::Receiver<Delivery>>,
+    batch_size: usize,
+    linger: Duration,
+) -> Option<Vec<Delivery>> {
+    let mut work = work.lock().await;
+    let mut batch = vec![work.recv().await?];
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < batch_size {
+        match tokio::time::timeout_at(deadline, work.recv()).await {
+            Ok(Some(delivery)) => batch.push(delivery),
+            _ => break,
+        }
+    }
+    Some(batch)
 }

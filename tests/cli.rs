@@ -200,6 +200,7 @@ async fn binary_relays_tutorial_orders_and_exits_cleanly_on_sigterm() {
     let mut child = Command::new(BIN)
         .args(["--config", file.path().to_str().unwrap()])
         .env("OUTBOX_RELAY__LOG__FORMAT", "json")
+        .env("OUTBOX_RELAY__HTTP__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

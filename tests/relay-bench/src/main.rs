@@ -107,7 +107,7 @@ async fn measure(args: &Args, settings: &Settings, databases: &mut Databases) ->
     let generator = Generator::new(args.seed);
     let batch_size = settings.relay.batch_size;
 
-    eprintln!("raw: writing {} orders, batches of {batch_size}", args.orders);
+    eprintln!("raw: {} orders, batches of {batch_size}", args.orders);
     let url = databases.create("raw").await?;
     let raw = raw::run(&url, generator, args.orders, batch_size).await?;
     eprintln!("raw: {:.0} rows/s", raw.rate());

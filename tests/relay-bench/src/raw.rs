@@ -52,6 +52,7 @@ pub async fn run(url: &str, generator: Generator, count: u64, batch_size: usize)
     let store = Store::connect(url, CONNECTIONS, Duration::from_secs(10))?;
     store.migrate().await.context("migrating the raw database")?;
     let store = Arc::new(store);
+    eprintln!("raw: orders decoded; writing from {CONNECTIONS} connections");
 
     let next_batch = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();

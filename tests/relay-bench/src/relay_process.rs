@@ -37,8 +37,6 @@ pub struct RelayProcess {
 pub struct Memory {
     /// Peak resident set size (`VmHWM`).
     pub peak: u64,
-    /// Resident set size now (`VmRSS`).
-    pub current: u64,
 }
 
 impl RelayProcess {
@@ -74,7 +72,7 @@ impl RelayProcess {
         }
     }
 
-    /// Reads the relay's peak and current resident memory.
+    /// Reads the relay's peak resident memory.
     pub fn memory(&self) -> Result<Memory> {
         let path = format!("/proc/{}/status", self.pid);
         let status = std::fs::read_to_string(&path).with_context(|| path.clone())?;
@@ -93,7 +91,6 @@ impl RelayProcess {
         };
         Ok(Memory {
             peak: field("VmHWM:")?,
-            current: field("VmRSS:")?,
         })
     }
 

@@ -151,7 +151,7 @@ impl Report {
 }
 
 fn row(figure: &str, value: &str, target: &str) {
-    println!("{figure:<34} {value:>24}   {target}");
+    println!("{figure:<34} {value:>28}   {target}");
 }
 
 fn verdict(met: bool, target: &str) -> String {
