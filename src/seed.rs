@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use kurrentdb::{Client, EventData};
 use serde::Deserialize;
-use tracing::info;
+use tracing::debug;
 use uuid::Uuid;
 
 use crate::source::{self, SourceError};
@@ -93,13 +93,13 @@ pub async fn seed_files(client: &Client, files: &[PathBuf]) -> Result<SeedReport
                 .collect();
             report.skipped += total - new.len();
             if new.is_empty() {
-                info!(stream = %stream.stream, "stream already seeded");
+                debug!(stream = %stream.stream, "stream already seeded");
                 continue;
             }
             let count = new.len();
             let events = to_event_data(path, new)?;
             source::append_after(client, &stream.stream, last, events).await?;
-            info!(stream = %stream.stream, events = count, "stream seeded");
+            debug!(stream = %stream.stream, events = count, "stream seeded");
             report.streams += 1;
             report.events += count;
         }

@@ -289,13 +289,24 @@ impl Delivery {
             event_id: shown.id,
             stream: shown.stream_id().to_string(),
             revision: shown.revision,
-            position: original.revision,
+            position: subscription_position(original),
             event_type: shown.event_type.clone(),
             content_type: content_type(shown),
             data: shown.data.clone(),
             retry_count,
             resolved,
         }
+    }
+}
+
+/// The delivery's place in the subscribed stream. An event replayed from the
+/// group's parked stream arrives through a link in that stream instead, so
+/// its place in the subscribed stream is unknown; it counts as the oldest
+/// (0): it is written if its order has no row yet and never replaces one.
+fn subscription_position(original: &kurrentdb::RecordedEvent) -> u64 {
+    match original.stream_id().starts_with("$persistentsubscription-") {
+        true => 0,
+        false => original.revision,
     }
 }
 

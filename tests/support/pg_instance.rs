@@ -16,14 +16,26 @@ impl PgInstance {
     /// Creates and starts the instance.
     pub fn start() -> PgInstance {
         let bin = server_bin_dir();
-        let dir = std::env::temp_dir()
-            .join(format!("outbox-pg-{}", uuid::Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!("outbox-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         run("chown", &["postgres:postgres", dir.to_str().unwrap()]);
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let instance = PgInstance { dir, bin, port };
         let data = instance.data();
-        instance.pg(&["initdb", "-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]);
+        instance.pg(&[
+            "initdb",
+            "-D",
+            &data,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]);
         instance.start_server();
         instance
     }
@@ -48,8 +60,15 @@ impl PgInstance {
         );
         let log = self.dir.join("server.log");
         self.pg(&[
-            "pg_ctl", "-D", &self.data(), "-o", &options,
-            "-l", log.to_str().unwrap(), "-w", "start",
+            "pg_ctl",
+            "-D",
+            &self.data(),
+            "-o",
+            &options,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
         ]);
     }
 

@@ -117,8 +117,14 @@ mod tests {
     #[test]
     fn database_is_replaced_in_the_url() {
         let cases = [
-            ("postgres://postgres@127.0.0.1:5432", "postgres://postgres@127.0.0.1:5432/x"),
-            ("postgres://u@h/db?sslmode=disable", "postgres://u@h/x?sslmode=disable"),
+            (
+                "postgres://postgres@127.0.0.1:5432",
+                "postgres://postgres@127.0.0.1:5432/x",
+            ),
+            (
+                "postgres://u@h/db?sslmode=disable",
+                "postgres://u@h/x?sslmode=disable",
+            ),
         ];
         for (url, expected) in cases {
             assert_eq!(with_database(url, "x"), expected);

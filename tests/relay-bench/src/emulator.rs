@@ -14,7 +14,9 @@ use crate::generate::{GeneratedOrder, EVENT_TYPE};
 /// Serves `store` on an ephemeral loopback port.
 pub async fn start(store: Store) -> Result<Server> {
     let addr = "127.0.0.1:0".parse().expect("a valid address");
-    Server::start(addr, store).await.context("starting the emulator")
+    Server::start(addr, store)
+        .await
+        .context("starting the emulator")
 }
 
 /// Appends one order to its stream.

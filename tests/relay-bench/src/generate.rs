@@ -216,20 +216,51 @@ fn pick<T: Copy>(rng: &mut StdRng, from: &[T]) -> T {
 }
 
 const BRANDS: &[&str] = &[
-    "Northwind", "Alder & Finch", "Kestrel", "Tamarack", "Bluegill",
-    "Oakhurst", "Lumen Works", "Harbor Lane", "Quillon", "Saffron Row",
+    "Northwind",
+    "Alder & Finch",
+    "Kestrel",
+    "Tamarack",
+    "Bluegill",
+    "Oakhurst",
+    "Lumen Works",
+    "Harbor Lane",
+    "Quillon",
+    "Saffron Row",
 ];
 
 const QUALIFIERS: &[&str] = &[
-    "Classic", "Rechargeable", "Stainless Steel", "Wireless", "Organic",
-    "Adjustable", "Waterproof", "Handmade", "Compact", "Extra Large",
-    "Dimmable", "Vintage", "Lightweight", "Ergonomic", "Cotton",
+    "Classic",
+    "Rechargeable",
+    "Stainless Steel",
+    "Wireless",
+    "Organic",
+    "Adjustable",
+    "Waterproof",
+    "Handmade",
+    "Compact",
+    "Extra Large",
+    "Dimmable",
+    "Vintage",
+    "Lightweight",
+    "Ergonomic",
+    "Cotton",
 ];
 
 const NOUNS: &[&str] = &[
-    "Table Lamp", "Running Shoe", "Wrist Watch", "Backpack", "Coffee Grinder",
-    "Desk Organizer", "Throw Blanket", "Water Bottle", "Headphones",
-    "Cutting Board", "Rain Jacket", "Bookshelf", "Yoga Mat", "Tea Kettle",
+    "Table Lamp",
+    "Running Shoe",
+    "Wrist Watch",
+    "Backpack",
+    "Coffee Grinder",
+    "Desk Organizer",
+    "Throw Blanket",
+    "Water Bottle",
+    "Headphones",
+    "Cutting Board",
+    "Rain Jacket",
+    "Bookshelf",
+    "Yoga Mat",
+    "Tea Kettle",
 ];
 
 const TAILS: &[&str] = &[
@@ -244,13 +275,24 @@ const TAILS: &[&str] = &[
 ];
 
 const FIRST_NAMES: &[&str] = &[
-    "Ada", "Bram", "Chioma", "Dmitri", "Elif", "Farah", "Goran", "Hana",
-    "Ivo", "Jun", "Kaia", "Luis", "Mira", "Nils", "Odile", "Priya",
+    "Ada", "Bram", "Chioma", "Dmitri", "Elif", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kaia",
+    "Luis", "Mira", "Nils", "Odile", "Priya",
 ];
 
 const LAST_NAMES: &[&str] = &[
-    "Abara", "Berg", "Castillo", "Dunmore", "Eriksen", "Fontaine", "Grady",
-    "Haddad", "Ishikawa", "Jovanovic", "Kowalski", "Lindqvist", "Moreau",
+    "Abara",
+    "Berg",
+    "Castillo",
+    "Dunmore",
+    "Eriksen",
+    "Fontaine",
+    "Grady",
+    "Haddad",
+    "Ishikawa",
+    "Jovanovic",
+    "Kowalski",
+    "Lindqvist",
+    "Moreau",
 ];
 
 const DOMAINS: &[&str] = &["example.com", "example.org", "mail.example.net"];
@@ -258,18 +300,34 @@ const DOMAINS: &[&str] = &["example.com", "example.org", "mail.example.net"];
 const COUNTRIES: &[&str] = &["NL", "DE", "FR", "GB", "US", "SE", "PL", "JP", "BR"];
 
 const STREETS: &[&str] = &[
-    "Willow Court", "Harbour Road", "Linden Avenue", "Mill Lane",
-    "Quarry Hill", "Station Street", "Orchard Way", "Canal Side",
+    "Willow Court",
+    "Harbour Road",
+    "Linden Avenue",
+    "Mill Lane",
+    "Quarry Hill",
+    "Station Street",
+    "Orchard Way",
+    "Canal Side",
 ];
 
 const TOWNS: &[&str] = &[
-    "Eastbrook", "Port Amsel", "Riverton", "Kingsfold", "Marrow Bay",
-    "Stillwater", "Northcote", "Ashby Green",
+    "Eastbrook",
+    "Port Amsel",
+    "Riverton",
+    "Kingsfold",
+    "Marrow Bay",
+    "Stillwater",
+    "Northcote",
+    "Ashby Green",
 ];
 
 const REGIONS: &[&str] = &[
-    "Westshire", "Lower Vale", "North Province", "Coastal District",
-    "Highlands", "Capital Region",
+    "Westshire",
+    "Lower Vale",
+    "North Province",
+    "Coastal District",
+    "Highlands",
+    "Capital Region",
 ];
 
 #[cfg(test)]

@@ -157,7 +157,11 @@ async fn append_paced(
     }
     let (first, last) = first_last.context("no orders to append")?;
     let span = (last - first).as_secs_f64();
-    Ok(if count > 1 { (count - 1) as f64 / span } else { f64::from(rate) })
+    Ok(if count > 1 {
+        (count - 1) as f64 / span
+    } else {
+        f64::from(rate)
+    })
 }
 
 /// Polls for the rows of appended orders until every one has been seen.
@@ -196,7 +200,10 @@ async fn poll_rows(
             continue;
         }
         if !appending && last_append.elapsed() > DRAIN_LIMIT {
-            bail!("{} orders had no row {DRAIN_LIMIT:?} after the last append", pending.len());
+            bail!(
+                "{} orders had no row {DRAIN_LIMIT:?} after the last append",
+                pending.len()
+            );
         }
         let ids: Vec<&str> = pending.keys().map(String::as_str).collect();
         let sent = Instant::now();
@@ -234,7 +241,9 @@ async fn write_start_latencies(client: &Client, appended: &[Appended]) -> Result
 }
 
 fn wall_clock_micros() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     since.as_micros() as i64
 }
 

@@ -100,7 +100,11 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-type Measured = (raw::RawResult, throughput::ThroughputResult, latency::LatencyResult);
+type Measured = (
+    raw::RawResult,
+    throughput::ThroughputResult,
+    latency::LatencyResult,
+);
 
 /// Runs the three phases, one database each.
 async fn measure(args: &Args, settings: &Settings, databases: &mut Databases) -> Result<Measured> {

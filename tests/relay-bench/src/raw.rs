@@ -45,12 +45,20 @@ struct Rows {
 }
 
 /// Writes `count` orders into the empty database at `url`.
-pub async fn run(url: &str, generator: Generator, count: u64, batch_size: usize) -> Result<RawResult> {
+pub async fn run(
+    url: &str,
+    generator: Generator,
+    count: u64,
+    batch_size: usize,
+) -> Result<RawResult> {
     let rows = tokio::task::spawn_blocking(move || decode_all(generator, count)).await??;
     let rows = Arc::new(rows);
 
     let store = Store::connect(url, CONNECTIONS, Duration::from_secs(10))?;
-    store.migrate().await.context("migrating the raw database")?;
+    store
+        .migrate()
+        .await
+        .context("migrating the raw database")?;
     let store = Arc::new(store);
     eprintln!("raw: orders decoded; writing from {CONNECTIONS} connections");
 
@@ -80,8 +88,13 @@ fn decode_all(generator: Generator, count: u64) -> Result<Rows> {
     };
     for index in 0..count {
         let generated = generator.order(index);
-        let order = order::decode("application/json", &generated.data, &generated.order_id, &limits)
-            .with_context(|| format!("generated order {index} does not decode"))?;
+        let order = order::decode(
+            "application/json",
+            &generated.data,
+            &generated.order_id,
+            &limits,
+        )
+        .with_context(|| format!("generated order {index} does not decode"))?;
         rows.sources.push(EventSource {
             event_id: generated.event_id,
             stream: generated.order_id,
@@ -95,7 +108,12 @@ fn decode_all(generator: Generator, count: u64) -> Result<Rows> {
 
 /// One connection's loop: takes the next unwritten batch until none is
 /// left.
-async fn write_batches(store: &Store, rows: &Rows, next: &AtomicUsize, batch_size: usize) -> Result<()> {
+async fn write_batches(
+    store: &Store,
+    rows: &Rows,
+    next: &AtomicUsize,
+    batch_size: usize,
+) -> Result<()> {
     loop {
         let start = next.fetch_add(1, Ordering::Relaxed) * batch_size;
         if start >= rows.orders.len() {

@@ -42,7 +42,11 @@ pub struct Memory {
 impl RelayProcess {
     /// Starts the relay against `kurrentdb` and `postgres_url`, with
     /// `extra` variables set last so that they override the bench's.
-    pub fn spawn(kurrentdb: &str, postgres_url: &str, extra: &[(String, String)]) -> Result<RelayProcess> {
+    pub fn spawn(
+        kurrentdb: &str,
+        postgres_url: &str,
+        extra: &[(String, String)],
+    ) -> Result<RelayProcess> {
         let mut command = Command::new(relay_binary()?);
         command
             .arg("run")
