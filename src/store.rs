@@ -43,7 +43,6 @@ mod embedded {
 
 /// Advisory lock key held while migrating, so that two relays starting at
 /// once do not race to create the same tables ("outbox" in ASCII).
-
 const MIGRATION_LOCK: i64 = 0x6f7574626f78;
 
 /// Handle to the database; cheap to share behind an `Arc`.
@@ -127,7 +126,7 @@ pub enum StoreError {
     #[error("cannot build connection pool: {0}")]
     Build(#[from] deadpool_postgres::BuildError),
     /// No connection could be had from the pool.
-    #[error("connection pool: {0}")]
+    #[error("connection pool: {}", describe_pool(.0))]
     Pool(#[from] PoolError),
     /// A statement failed.
     #[error("{}", describe(.0))]
@@ -240,8 +239,29 @@ fn migration_cause(err: &refinery::Error) -> Option<&tokio_postgres::Error> {
 fn describe(err: &tokio_postgres::Error) -> String {
     match err.as_db_error() {
         Some(db) => format!("postgres {}: {db}", db.code().code()),
-        None => err.to_string(),
+        None => with_causes(err),
     }
+}
+
+/// A pool error with the database error behind it, whose own message
+/// ("db error", "error connecting to server") hides the cause.
+fn describe_pool(err: &PoolError) -> String {
+    match err {
+        PoolError::Backend(e) => describe(e),
+        other => with_causes(other),
+    }
+}
+
+/// An error's message followed by each of its causes.
+fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 impl Store {

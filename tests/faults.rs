@@ -356,7 +356,7 @@ fn acks(settled: &[kurrentdb_emulator::Settlement]) -> usize {
 fn invalid_group_settings_stop_the_binary_at_startup() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
         .arg("run")
-        .env("OUTBOX_RELAY__KURRENTDB__READ_BATCH_SIZE", "600")
+        .env("OUTBOX_RELAY__KURRENTDB__READ_BATCH_SIZE", "5000")
         .output()
         .unwrap();
     assert!(!out.status.success());
