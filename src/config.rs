@@ -486,7 +486,7 @@ mod tests {
     fn read_batch_must_be_below_history_buffer() {
         let err = Settings::load_from(
             None,
-            env(&[("OUTBOX_RELAY__KURRENTDB__READ_BATCH_SIZE", "500")]),
+            env(&[("OUTBOX_RELAY__KURRENTDB__READ_BATCH_SIZE", "1000")]),
         )
         .unwrap_err();
         assert!(err.to_string().contains("kurrentdb.read_batch_size"));

@@ -91,6 +91,16 @@ pub async fn server_facts(base_url: &str) -> Result<ServerFacts> {
     })
 }
 
+/// Asks the server to write out every dirty page now (superuser only),
+/// so that the bulk writes of one phase are not flushed during the next.
+/// Returns whether it did.
+pub async fn checkpoint(url: &str) -> bool {
+    match connect(url).await {
+        Ok(client) => client.batch_execute("CHECKPOINT").await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// Rows in `order_fulfillment`, counted exactly.
 pub async fn count_orders(client: &Client) -> Result<i64> {
     let row = client

@@ -345,6 +345,15 @@ mod tests {
         assert_ne!(a.order_id, Generator::new(8).order(42).order_id);
     }
 
+    /// Payloads average about the tutorial's size (1.0 to 2.0 KB there).
+    #[test]
+    fn payloads_are_about_the_tutorials_size() {
+        let generator = Generator::new(3);
+        let total: usize = (0..1000).map(|i| generator.order(i).data.len()).sum();
+        let average = total / 1000;
+        assert!((900..=2000).contains(&average), "{average} bytes");
+    }
+
     /// Every generated order is one the relay accepts.
     #[test]
     fn generated_orders_decode_as_valid_orders() {

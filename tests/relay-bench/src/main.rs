@@ -42,11 +42,11 @@ use crate::report::{Machine, Report};
 #[command(name = "relay-bench")]
 struct Args {
     /// Orders in the raw and relay phases (N).
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 200_000, value_parser = at_least_one())]
     orders: u64,
 
     /// How long the latency phase appends, in seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one())]
     latency_seconds: u64,
 
     /// Orders per second appended in the latency phase.
@@ -76,12 +76,18 @@ async fn main() -> Result<()> {
     // The settings the relay will run with, to use its batch size for the
     // raw phase too.
     let env = std::env::vars().chain(args.relay_env.iter().cloned());
-    let settings = Settings::load_from(None, env).context("--relay-env")?;
+    let settings = Settings::load_from(None, env)
+        .context("the relay's settings (environment and --relay-env)")?;
 
     let facts = database::server_facts(&args.postgres).await?;
     let mut machine = Machine::describe(facts);
     let mut databases = Databases::new(&args.postgres);
-    let measured = measure(&args, &settings, &mut databases).await;
+    // On Ctrl-C the phases are dropped (which kills the relay) and the
+    // databases are still dropped.
+    let measured = tokio::select! {
+        measured = measure(&args, &settings, &mut databases) => measured,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     let dropped = databases.drop_all().await;
     let (raw, relay, latency) = measured?;
     dropped?;
@@ -106,21 +112,31 @@ type Measured = (
     latency::LatencyResult,
 );
 
+/// A fresh database for `phase`, after a `CHECKPOINT` so that the writes
+/// of the phase before are not flushed to disk during this one.
+async fn fresh_database(databases: &mut Databases, phase: &str) -> Result<String> {
+    let url = databases.create(phase).await?;
+    if !database::checkpoint(&url).await {
+        eprintln!("{phase}: CHECKPOINT refused; earlier writes may interfere");
+    }
+    Ok(url)
+}
+
 /// Runs the three phases, one database each.
 async fn measure(args: &Args, settings: &Settings, databases: &mut Databases) -> Result<Measured> {
     let generator = Generator::new(args.seed);
     let batch_size = settings.relay.batch_size;
 
     eprintln!("raw: {} orders, batches of {batch_size}", args.orders);
-    let url = databases.create("raw").await?;
+    let url = fresh_database(databases, "raw").await?;
     let raw = raw::run(&url, generator, args.orders, batch_size).await?;
     eprintln!("raw: {:.0} rows/s", raw.rate());
 
-    let url = databases.create("relay").await?;
+    let url = fresh_database(databases, "relay").await?;
     let relay = throughput::run(&url, generator, args.orders, &args.relay_env).await?;
     eprintln!("relay: {:.0} events/s", relay.rate());
 
-    let url = databases.create("latency").await?;
+    let url = fresh_database(databases, "latency").await?;
     let latency = latency::run(
         &url,
         generator,
@@ -131,6 +147,11 @@ async fn measure(args: &Args, settings: &Settings, databases: &mut Databases) ->
     )
     .await?;
     Ok((raw, relay, latency))
+}
+
+/// A count that must not be 0.
+fn at_least_one() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..)
 }
 
 /// Parses `KEY=VALUE`.
