@@ -299,6 +299,13 @@ impl Settings {
         if let Err(reason) = parse_start_from(&k.start_from) {
             return invalid("kurrentdb.start_from", &reason);
         }
+        let links = k.stream.starts_with("$ce-") || k.stream.starts_with("$et-");
+        if links && !k.resolve_links {
+            return invalid(
+                "kurrentdb.resolve_links",
+                "must be true for a $ce- or $et- stream, which holds only links",
+            );
+        }
         if k.buffer_size == 0 {
             return invalid("kurrentdb.buffer_size", "must be at least 1");
         }
@@ -313,6 +320,21 @@ impl Settings {
         }
         if k.live_buffer_size < 1 {
             return invalid("kurrentdb.live_buffer_size", "must be at least 1");
+        }
+        if self.postgres.connect_timeout_ms == 0 {
+            return invalid("postgres.connect_timeout_ms", "must be at least 1");
+        }
+        if k.message_timeout_ms == 0 {
+            return invalid("kurrentdb.message_timeout_ms", "must be at least 1");
+        }
+        if self.relay.shutdown_timeout_ms == 0 {
+            return invalid("relay.shutdown_timeout_ms", "must be at least 1");
+        }
+        if self.relay.max_event_bytes == 0 {
+            return invalid("relay.max_event_bytes", "must be at least 1");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid("log.level", "is not a valid tracing filter");
         }
         if self.postgres.pool_size == 0 {
             return invalid("postgres.pool_size", "must be at least 1");
@@ -383,37 +405,88 @@ impl KurrentDbSettings {
     }
 }
 
-/// Replaces the password (or a lone user-info token) in a URL with `****`.
-///
-/// Works on any `scheme://user:password@host...` text; anything it cannot
-/// recognise is returned unchanged because it has no credentials to hide.
+/// Replaces every password in a connection string with `****`: the one in
+/// `scheme://user:password@host`, a `password=` query parameter, and a libpq
+/// key/value `password = value` (quoted or not). Anything else is kept.
 pub fn mask_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
-        return mask_key_value(url);
+        return mask_key_values(url, ' ');
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let (before_query, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
+    let authority = match before_query.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = before_query.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:****{host}"),
+                None => before_query.to_string(),
+            }
+        }
+        None => before_query.to_string(),
     };
-    let userinfo = &rest[..at];
-    let masked = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:****"),
-        None => userinfo.to_string(),
-    };
-    format!("{}://{}{}", &url[..scheme_end], masked, &rest[at..])
+    format!("{scheme}{authority}{}", mask_key_values(query, '&'))
 }
 
-/// Masks `password=...` in a libpq key/value connection string.
-fn mask_key_value(conninfo: &str) -> String {
-    conninfo
-        .split(' ')
-        .map(|part| match part.split_once('=') {
-            Some(("password", _)) => "password=****".to_string(),
-            _ => part.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+/// Masks the value after each `password` key in `key=value` pairs that are
+/// separated by `separator` (a space in libpq strings, `&` in queries).
+fn mask_key_values(text: &str, separator: char) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(found) = find_password_key(rest, separator) {
+        out.push_str(&rest[..found.value_start]);
+        out.push_str("****");
+        rest = &rest[found.value_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+struct PasswordValue {
+    value_start: usize,
+    value_end: usize,
+}
+
+/// Finds the next `password [=] value`, allowing spaces around `=` and a
+/// single-quoted value with `\'` escapes.
+fn find_password_key(text: &str, separator: char) -> Option<PasswordValue> {
+    let lower = text.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("password") {
+        let start = from + i;
+        let at_boundary = start == 0
+            || matches!(text[..start].chars().last(), Some(c) if c == separator
+                || c == '?' || c.is_whitespace());
+        let after = &text[start + "password".len()..];
+        let trimmed = after.trim_start();
+        if at_boundary && trimmed.starts_with('=') {
+            let value = trimmed[1..].trim_start_matches(' ');
+            let value_start = text.len() - value.len();
+            let len = value_len(value, separator);
+            return Some(PasswordValue {
+                value_start,
+                value_end: value_start + len,
+            });
+        }
+        from = start + 1;
+    }
+    None
+}
+
+fn value_len(value: &str, separator: char) -> usize {
+    if let Some(quoted) = value.strip_prefix('\'') {
+        let mut escaped = false;
+        for (i, c) in quoted.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '\'' if !escaped => return i + 2,
+                _ => escaped = false,
+            }
+        }
+        return value.len();
+    }
+    value
+        .find(|c: char| c == separator || c.is_whitespace())
+        .unwrap_or(value.len())
 }
 
 /// A URL that prints masked, for log fields.
@@ -518,6 +591,22 @@ mod tests {
         assert_eq!(
             mask_url("host=db password=hunter2 user=x"),
             "host=db password=**** user=x"
+        );
+        assert_eq!(
+            mask_url("host=db password = hunter2 user=x"),
+            "host=db password = **** user=x"
+        );
+        assert_eq!(
+            mask_url("host=db password='hunter 2\\'s' user=x"),
+            "host=db password=**** user=x"
+        );
+        assert_eq!(
+            mask_url("postgres://u@db/x?sslmode=require&password=hunter2"),
+            "postgres://u@db/x?sslmode=require&password=****"
+        );
+        assert_eq!(
+            mask_url("postgres://u:hun/ter2@db:5432/x"),
+            "postgres://u:****@db:5432/x"
         );
     }
 }

@@ -51,6 +51,9 @@ pub struct Handler {
     limits: DecodeLimits,
     poison: Nack,
     write_retry: Duration,
+    /// Event types already reported as ignored, so that a misspelt
+    /// `kurrentdb.event_type` shows at info without a line per event.
+    ignored_types: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Set when PostgreSQL stayed unreachable for the whole write-retry
     /// time; cleared once it answers again.
     unavailable: AtomicBool,
@@ -84,6 +87,21 @@ impl Handler {
             poison,
             write_retry: Duration::from_millis(settings.write_retry_ms),
             unavailable: AtomicBool::new(false),
+            ignored_types: Default::default(),
+        }
+    }
+
+    /// Reports, once per type, that events of a type are being ignored.
+    fn note_ignored_type(&self, event_type: &str) {
+        let Ok(mut seen) = self.ignored_types.lock() else {
+            return;
+        };
+        if seen.len() < 1_000 && seen.insert(event_type.to_string()) {
+            info!(
+                event_type,
+                written = %self.event_type,
+                "ignoring events of this type (acked, not written)"
+            );
         }
     }
 
@@ -100,14 +118,15 @@ impl Handler {
         self.unavailable.load(Ordering::SeqCst)
     }
 
-    /// Probes PostgreSQL with backoff until it answers. Returns false if a
+    /// Probes PostgreSQL with backoff until it answers and the target table
+    /// can take the relay's writes. Returns false if a
     /// stop was requested first.
     pub async fn wait_for_store(&self, stop: &mut Stop, delays: Backoff) -> bool {
         for delay in delays {
-            match self.store.ping().await {
+            match self.store.verify_schema().await {
                 Ok(()) => {
                     self.unavailable.store(false, Ordering::SeqCst);
-                    info!("postgres reachable again");
+                    info!("postgres can take writes again");
                     return true;
                 }
                 Err(e) => debug!(error = %e, "postgres still unavailable"),
@@ -159,6 +178,7 @@ impl Handler {
             return Decoded::Ignore;
         }
         if delivery.event_type != self.event_type {
+            self.note_ignored_type(&delivery.event_type);
             debug!(
                 event_id = %delivery.event_id,
                 event_type = %delivery.event_type,
@@ -235,13 +255,15 @@ impl Handler {
             }
             Err(e) => {
                 // Neither the data nor the network: the schema or the
-                // permissions are wrong. Only an operator can fix that, so
-                // the events go back to the server rather than being lost.
+                // permissions are wrong. Only an operator can fix that; until
+                // then the relay treats the database as unavailable, so the
+                // events wait on the server instead of burning retries.
                 error!(
                     error = %e,
                     events = pending.len(),
                     "database refused the write; operator must act"
                 );
+                self.unavailable.store(true, Ordering::SeqCst);
                 let reason = format!("database error: {e}");
                 for p in &pending {
                     settled.push(nack(&p.delivery, Nack::Retry, &reason));
@@ -341,12 +363,14 @@ fn record_verdicts(settled: &[Settled], newest: Option<u64>) {
     }
 }
 
+/// Where an order came from. Its versions are ordered by revision in the
+/// order's own stream: see [`EventSource::position`].
 fn source_of(delivery: &Delivery) -> EventSource {
     EventSource {
         event_id: delivery.event_id,
         stream: delivery.stream.clone(),
         revision: delivery.revision,
-        position: delivery.position,
+        position: delivery.revision,
     }
 }
 

@@ -3,14 +3,17 @@
 //! [`run`] prepares PostgreSQL, then keeps one subscription to the consumer
 //! group alive until it is told to stop. Each subscription is a *session*:
 //! one task reads deliveries and sends acks and nacks (the client needs
-//! exclusive access to the subscription for both), while a writer task
-//! gathers deliveries into batches and asks the [`Handler`] for verdicts.
+//! exclusive access to the subscription for both), while writer tasks
+//! (`relay.writers`) gather deliveries into batches and ask the
+//! [`Handler`] for verdicts. While PostgreSQL is unreachable the relay
+//! leaves the group, so the server holds the events without counting
+//! retries against them, and joins again once PostgreSQL answers.
 //! When a session ends for any reason other than a stop, the relay waits
 //! with capped, jittered exponential backoff and starts a new one with a new
 //! client.
 //!
-//! On a stop, the relay takes no more events, lets the writer finish the
-//! batch it has, sends those verdicts, and leaves the group. Events the
+//! On a stop, the relay takes no more events, lets the writers finish the
+//! batches they have, sends those verdicts, and leaves the group. Events the
 //! server had already pushed but the relay had not read are redelivered to
 //! another member (or to this relay after a restart).
 
@@ -53,6 +56,9 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 const MISCONFIGURED_AFTER: u32 = 3;
 
 /// How long to let queued acks reach the server before leaving the group.
+/// The client offers no way to wait for its ack queue to drain, so this is
+/// a pause, not a guarantee: an ack still queued after it is lost and its
+/// event redelivered (harmlessly) later.
 const ACK_FLUSH: Duration = Duration::from_millis(200);
 
 /// Runs the relay until `stop` completes, then returns once in-flight events
@@ -243,6 +249,7 @@ async fn session(
     if k.create_group && source::ensure_group(&client, k).await? {
         info!(stream = %k.stream, group = %k.group, "consumer group created");
     }
+    source::check_group(&client, k).await?;
     let subscription = source::subscribe(&client, k).await?;
     info!(
         stream = %k.stream,

@@ -21,7 +21,7 @@ use kurrentdb::{
 };
 use uuid::Uuid;
 
-use crate::config::{KurrentDbSettings, StartFrom};
+use crate::config::{mask_url, KurrentDbSettings, StartFrom};
 
 /// Why talking to KurrentDB failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,19 @@ pub enum SourceError {
         /// The subscribed stream.
         stream: String,
         /// The missing group.
+        group: String,
+    },
+    /// The group exists but does not resolve links, so no order would ever
+    /// reach the relay.
+    #[error(
+        "consumer group {group} on {stream} exists with resolveLinkTos off; \
+         the relay would see only links and write nothing. Update the group \
+         (resolveLinkTos = true) or delete it so the relay creates it"
+    )]
+    LinksNotResolved {
+        /// The subscribed stream.
+        stream: String,
+        /// The group.
         group: String,
     },
     /// KurrentDB never answered while the relay was starting.
@@ -83,9 +96,14 @@ pub fn first_host(connection_string: &str) -> Option<String> {
 
 /// Builds a fresh client. It connects lazily, on its first call.
 pub fn connect(settings: &KurrentDbSettings) -> Result<Client, SourceError> {
-    let parsed = ClientSettings::from_str(&settings.connection_string)
-        .map_err(|e| SourceError::ConnectionString(e.to_string()))?;
-    Client::new(parsed).map_err(|e| SourceError::ConnectionString(e.to_string()))
+    // The client's errors quote the whole string, password included.
+    let masked = |e: &dyn std::fmt::Display| {
+        let text = e.to_string();
+        let raw = &settings.connection_string;
+        SourceError::ConnectionString(text.replace(raw.as_str(), &mask_url(raw)))
+    };
+    let parsed = ClientSettings::from_str(&settings.connection_string).map_err(|e| masked(&e))?;
+    Client::new(parsed).map_err(|e| masked(&e))
 }
 
 /// The group's settings as configured.
@@ -119,6 +137,36 @@ pub async fn ensure_group(
         Ok(()) => Ok(true),
         Err(kurrentdb::Error::ResourceAlreadyExists) => Ok(false),
         Err(e) => Err(classify(e)),
+    }
+}
+
+/// Refuses a group that exists with links unresolved while the relay reads
+/// a category or event-type stream: every delivery would be a bare link,
+/// acked and ignored, and no order would ever be written. The relay cannot
+/// change an existing group's settings for the operator; it says so.
+pub async fn check_group(client: &Client, settings: &KurrentDbSettings) -> Result<(), SourceError> {
+    let info = client
+        .get_persistent_subscription_info(
+            settings.stream.as_str(),
+            settings.group.as_str(),
+            &Default::default(),
+        )
+        .await
+        .map_err(|e| match e {
+            kurrentdb::Error::ResourceNotFound => SourceError::GroupMissing {
+                stream: settings.stream.clone(),
+                group: settings.group.clone(),
+            },
+            other => classify(other),
+        })?;
+    let resolves = info.settings.is_some_and(|s| s.resolve_link_tos);
+    let links = settings.stream.starts_with("$ce-") || settings.stream.starts_with("$et-");
+    match links && !resolves && settings.resolve_links {
+        true => Err(SourceError::LinksNotResolved {
+            stream: settings.stream.clone(),
+            group: settings.group.clone(),
+        }),
+        false => Ok(()),
     }
 }
 
@@ -262,8 +310,8 @@ pub struct Delivery {
     pub stream: String,
     /// The event's revision in that stream.
     pub revision: u64,
-    /// Its revision in the subscribed stream: the order in which the source
-    /// stream saw events, used to decide which of two writes wins.
+    /// Its revision in the subscribed stream (for an event replayed from the
+    /// parked stream: in the parked stream). For logs and dead letters.
     pub position: u64,
     /// The event's type; `$>` when a link could not be resolved.
     pub event_type: String,
@@ -289,24 +337,13 @@ impl Delivery {
             event_id: shown.id,
             stream: shown.stream_id().to_string(),
             revision: shown.revision,
-            position: subscription_position(original),
+            position: original.revision,
             event_type: shown.event_type.clone(),
             content_type: content_type(shown),
             data: shown.data.clone(),
             retry_count,
             resolved,
         }
-    }
-}
-
-/// The delivery's place in the subscribed stream. An event replayed from the
-/// group's parked stream arrives through a link in that stream instead, so
-/// its place in the subscribed stream is unknown; it counts as the oldest
-/// (0): it is written if its order has no row yet and never replaces one.
-fn subscription_position(original: &kurrentdb::RecordedEvent) -> u64 {
-    match original.stream_id().starts_with("$persistentsubscription-") {
-        true => 0,
-        false => original.revision,
     }
 }
 

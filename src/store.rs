@@ -2,9 +2,10 @@
 //! place that decides whether a database error is worth retrying.
 //!
 //! Orders are written with an idempotent upsert keyed on `order_id`. A row
-//! is only replaced by an event that came *later* in the subscribed stream
-//! (a larger `source_position`), so redeliveries and out-of-order arrivals
-//! leave it untouched and the latest event wins whatever arrives first.
+//! is only replaced by a *later* version of the order (a larger
+//! `source_position`, see [`EventSource::position`]), so redeliveries and
+//! out-of-order arrivals leave it untouched and the latest version wins
+//! whatever arrives first.
 //! Events the relay gives up on go to `dead_letters` with their raw bytes.
 //!
 //! Retry policy lives in [`StoreError::is_transient`] and
@@ -13,11 +14,10 @@
 //! Connections use TLS when the URL says `sslmode=require` (see `tls`);
 //! `ensure_database`, used only by the demo, always connects without TLS.
 //!
-//! Known shortcomings: the schema
-//! assumes `source_position` keeps increasing, so if the subscribed stream
-//! were rebuilt with new numbering, older events could no longer replace
-//! newer rows until positions caught up; `status` is created as `Started`
-//! and never changed here.
+//! Known shortcomings: versions are ordered by their revision in the
+//! order's own stream, which is only meaningful while each order lives in
+//! one stream (the decoder requires `orderId` to equal its `order-...`
+//! stream's name); `status` is created as `Started` and never changed here.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -59,8 +59,10 @@ pub struct EventSource {
     pub stream: String,
     /// Its revision in that stream.
     pub revision: u64,
-    /// Its revision in the subscribed stream (`$ce-order`): the later event
-    /// there wins.
+    /// Which version of the order this is: the later one wins. The relay
+    /// uses the event's revision in the order's own stream, which stays the
+    /// same whether the event arrives live, redelivered, or replayed from
+    /// the parked stream (where its place in `$ce-order` is unknown).
     pub position: u64,
 }
 
@@ -351,14 +353,21 @@ impl Store {
     pub async fn verify_schema(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         let row = client.query_one(SQL_HAS_ORDER_ID_KEY, &[]).await?;
-        match row.get::<_, bool>(0) {
-            true => Ok(()),
-            false => Err(StoreError::Schema(
+        if !row.get::<_, bool>(0) {
+            return Err(StoreError::Schema(
                 "order_fulfillment has no unique index on order_id alone; \
                  the upsert needs one (see migrations/)"
                     .into(),
-            )),
+            ));
         }
+        if !row.get::<_, bool>(1) {
+            return Err(StoreError::Schema(
+                "the role in postgres.url may not insert into and update \
+                 order_fulfillment and dead_letters"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Writes one order idempotently; see [`Store::upsert_orders`].
@@ -632,7 +641,8 @@ impl<'a> Columns<'a> {
 }
 
 /// Whether `order_fulfillment` (as the search path finds it) has a unique
-/// index on exactly `order_id`. A missing table fails with 42P01.
+/// index on exactly `order_id`, and whether the role may write both tables.
+/// A missing table fails with 42P01.
 const SQL_HAS_ORDER_ID_KEY: &str = "
     SELECT EXISTS (
         SELECT 1
@@ -643,7 +653,8 @@ const SQL_HAS_ORDER_ID_KEY: &str = "
           AND i.indisunique
           AND i.indnatts = 1
           AND a.attname = 'order_id'
-    )";
+    ), has_table_privilege('order_fulfillment', 'INSERT, UPDATE')
+       AND has_table_privilege('dead_letters', 'INSERT, UPDATE')";
 
 /// Inserts each order, or replaces its row if this event came later in the
 /// subscribed stream. `status` and `created_at` are never overwritten.

@@ -363,3 +363,73 @@ fn invalid_group_settings_stop_the_binary_at_startup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kurrentdb.read_batch_size"), "{err}");
 }
+
+/// A group that exists with links unresolved would deliver only bare links
+/// and nothing would be written: the relay refuses it at start-up, naming
+/// the setting.
+#[tokio::test]
+async fn group_without_resolved_links_is_refused() {
+    let db = TestDb::create().await;
+    let emulator = start_emulator(EventStore::new()).await;
+    let client = kurrentdb::Client::new(emulator.connection_string().parse().unwrap()).unwrap();
+    let options = kurrentdb::PersistentSubscriptionOptions::default()
+        .resolve_link_tos(false)
+        .start_from(kurrentdb::StreamPosition::Start);
+    client
+        .create_persistent_subscription(GROUP_STREAM, GROUP, &options)
+        .await
+        .unwrap();
+
+    let relay = RunningRelay::start(settings(&emulator.connection_string(), &db));
+    let err = relay.finished().await.unwrap_err().to_string();
+    assert!(err.contains("resolveLinkTos"), "{err}");
+}
+
+/// A schema problem only an operator can fix (the table renamed away) makes
+/// the relay wait, not burn the events' retries: nothing is parked, and
+/// once the table is back every order is written, the later version of an
+/// order winning.
+#[tokio::test]
+async fn missing_table_makes_the_relay_wait_instead_of_parking() {
+    let db = TestDb::create().await;
+    let emulator = start_emulator(EventStore::new()).await;
+    let events = emulator.store();
+    let mut s = settings(&emulator.connection_string(), &db);
+    s.kurrentdb.max_retry_count = 2;
+    s.relay.write_retry_ms = 200;
+    let relay = RunningRelay::start(s);
+    let v1 = order_event("order-v", "customer-v1", &[("USD1.00", 1)]);
+    events.append("order-v", vec![v1]).unwrap();
+    assert!(wait_for_orders(&db, 1, 20).await);
+
+    let client = db.client().await;
+    client
+        .batch_execute("ALTER TABLE order_fulfillment RENAME TO parked_away")
+        .await
+        .unwrap();
+    let v2 = order_event("order-v", "customer-v2", &[("USD1.00", 1)]);
+    events.append("order-v", vec![v2]).unwrap();
+    append_orders(&events, 0, 10);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        events.read_stream(PARKED).len(),
+        0,
+        "nothing parked while waiting"
+    );
+    client
+        .batch_execute("ALTER TABLE parked_away RENAME TO order_fulfillment")
+        .await
+        .unwrap();
+
+    assert!(wait_for_orders(&db, 11, 30).await);
+    relay.stop().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT customer_id FROM order_fulfillment WHERE order_id = 'order-v'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "customer-v2");
+    assert_eq!(events.read_stream(PARKED).len(), 0);
+}

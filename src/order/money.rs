@@ -115,7 +115,9 @@ pub fn parse_tax_rate(text: &str) -> Result<Decimal, String> {
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     let mut digits = format!("{int}{frac}");
-    let mut scale = frac.len() as i64 - exponent;
+    let mut scale = (frac.len() as i64)
+        .checked_sub(exponent)
+        .ok_or("exponent out of range")?;
 
     while scale > 0 && digits.ends_with('0') {
         digits.pop();
@@ -228,7 +230,17 @@ mod tests {
     /// Negative, too precise or above-one rates are refused.
     #[test]
     fn out_of_range_tax_rates_are_refused() {
-        for bad in ["-0.1", "1.01", "2", "1e1", "0.000000001", "1e-99999999"] {
+        for bad in [
+            "-0.1",
+            "1.01",
+            "2",
+            "1e1",
+            "0.000000001",
+            "1e-99999999",
+            "1e-9223372036854775808",
+            "0.5e-9223372036854775807",
+            "1e9223372036854775807",
+        ] {
             assert!(parse_tax_rate(bad).is_err(), "{bad:?} was accepted");
         }
     }
