@@ -90,7 +90,7 @@ impl Default for KurrentDbSettings {
             create_group: true,
             start_from: "start".into(),
             resolve_links: true,
-            buffer_size: 512,
+            buffer_size: 2048,
             message_timeout_ms: 30_000,
             max_retry_count: 10,
             live_buffer_size: 1000,
