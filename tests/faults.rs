@@ -433,3 +433,21 @@ async fn missing_table_makes_the_relay_wait_instead_of_parking() {
     assert_eq!(row.get::<_, String>(0), "customer-v2");
     assert_eq!(events.read_stream(PARKED).len(), 0);
 }
+
+/// A subscription whose stream ends without an error (which makes the
+/// official client panic when it reads on) counts as a dropped
+/// subscription: the relay resubscribes and goes on writing.
+#[tokio::test]
+async fn subscription_ending_without_an_error_is_survived() {
+    let db = TestDb::create().await;
+    let emulator = start_emulator(EventStore::new()).await;
+    let relay = RunningRelay::start(settings(&emulator.connection_string(), &db));
+    let events = emulator.store();
+    append_orders(&events, 0, 20);
+    assert!(wait_for_orders(&db, 20, 20).await);
+
+    emulator.end_subscriptions_cleanly().await;
+    append_orders(&events, 20, 40);
+    assert!(wait_for_orders(&db, 40, 20).await);
+    relay.stop().await.unwrap();
+}

@@ -116,6 +116,15 @@ impl Server {
         tracing::info!("all connections dropped");
     }
 
+    /// Fault injection, not real-server behaviour: ends every subscription
+    /// call with an OK status and no error, as a faulty proxy or server
+    /// could. The official client cannot handle that (it panics reading the
+    /// next message), so clients must survive it.
+    pub async fn end_subscriptions_cleanly(&self) {
+        self.store.lock().groups.end_all_cleanly();
+        tracing::info!("all subscriptions ended cleanly (fault injection)");
+    }
+
     /// Stops listening and ends every subscription and connection.
     /// Starting a new server on the same address and store afterwards is
     /// a server restart as clients see it.

@@ -260,6 +260,15 @@ impl Groups {
         }
     }
 
+    /// Ends every consumer's call with OK, which the real server never
+    /// does; see `Server::end_subscriptions_cleanly`.
+    pub fn end_all_cleanly(&mut self) {
+        let clean = tonic::Status::new(tonic::Code::Ok, "");
+        for group in self.groups.values_mut() {
+            group.drop_consumers(&clean);
+        }
+    }
+
     pub fn tick(&mut self, log: &mut Log, now: Instant) {
         for group in self.groups.values_mut() {
             group.tick(log, now);

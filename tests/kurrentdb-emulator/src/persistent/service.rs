@@ -380,6 +380,12 @@ impl Stream for Subscription {
         }
         match self.outbox.poll_recv(cx) {
             Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(Ok(message))),
+            // An OK status is the fault-injection hook's way to end the
+            // call cleanly (see `Server::end_subscriptions_cleanly`).
+            Poll::Ready(Some(Err(status))) if status.code() == tonic::Code::Ok => {
+                self.dropped = None;
+                Poll::Ready(None)
+            }
             Poll::Ready(Some(Err(status))) => {
                 self.dropped = None;
                 Poll::Ready(Some(Err(status)))
