@@ -41,8 +41,9 @@ pub enum Command {
     #[command(subcommand)]
     Group(GroupCommand),
     /// Append the streams in tutorial-format seed files (or in every
-    /// `.json` file of a directory) to KurrentDB; streams that already
-    /// exist are left alone, so seeding twice appends nothing.
+    /// `.json` file of a directory) to KurrentDB; events whose id is
+    /// already in their stream are skipped, so seeding twice appends
+    /// nothing.
     Seed {
         /// Seed files or directories of them.
         #[arg(required = true, value_name = "PATH")]

@@ -4,8 +4,9 @@
 //! binary built beside this one) seeded with sample order files, points the
 //! relay at it and at a database of its own on the configured PostgreSQL
 //! server, waits until every sample order is in `order_fulfillment`, prints
-//! them, and stops everything it started. The database is kept so the rows
-//! can be inspected afterwards.
+//! them, and stops everything it started. The database is created afresh at
+//! the start (so old rows cannot pass for new ones) and kept at the end so
+//! the rows can be inspected.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -28,7 +29,8 @@ pub struct DemoArgs {
     #[arg(long = "seed", value_name = "FILE")]
     pub seeds: Vec<PathBuf>,
 
-    /// The database to create (if missing) and fill.
+    /// The database to fill. It is dropped and created again on each run,
+    /// so what the demo prints is that run's work.
     #[arg(long, default_value = "outbox_demo")]
     pub database: String,
 
@@ -49,7 +51,7 @@ pub async fn run(args: DemoArgs, mut settings: Settings) -> Result<(), String> {
     let seeds = seed_files(&args.seeds)?;
     let expected = count_events(&seeds, &settings.kurrentdb.event_type)?;
 
-    settings.postgres.url = store::ensure_database(&settings.postgres.url, &args.database)
+    settings.postgres.url = store::recreate_database(&settings.postgres.url, &args.database)
         .await
         .map_err(|e| format!("cannot prepare database {}: {e}", args.database))?;
 
@@ -77,7 +79,7 @@ pub async fn run(args: DemoArgs, mut settings: Settings) -> Result<(), String> {
     }
     println!(
         "\nSee them with:\n  psql -h 127.0.0.1 -U postgres -d {} -c \
-         'SELECT order_id, customer_id, total, currency FROM order_fulfillment'",
+         'SELECT order_id, customer_id, line_item_count, total, currency FROM order_fulfillment'",
         args.database
     );
     Ok(())

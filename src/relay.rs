@@ -59,7 +59,7 @@ const MISCONFIGURED_AFTER: u32 = 3;
 /// The client offers no way to wait for its ack queue to drain, so this is
 /// a pause, not a guarantee: an ack still queued after it is lost and its
 /// event redelivered (harmlessly) later.
-const ACK_FLUSH: Duration = Duration::from_millis(200);
+const ACK_FLUSH: Duration = Duration::from_millis(1_000);
 
 /// Runs the relay until `stop` completes, then returns once in-flight events
 /// are settled.

@@ -495,6 +495,23 @@ pub async fn ensure_database(url: &str, name: &str) -> Result<String, StoreError
     Ok(with_database(url, name))
 }
 
+/// Drops database `name` (closing its connections) and creates it again
+/// empty; returns `url` pointing at it. For the demo, whose own database
+/// must not hold a previous run's rows.
+pub async fn recreate_database(url: &str, name: &str) -> Result<String, StoreError> {
+    if !is_plain_identifier(name) {
+        return Err(StoreError::InvalidDatabaseName(name.to_owned()));
+    }
+    let config: tokio_postgres::Config = url.parse().map_err(StoreError::Config)?;
+    let (client, connection) = config.connect(NoTls).await?;
+    let connection = tokio::spawn(connection);
+    let drop_sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    client.batch_execute(&drop_sql).await?;
+    drop(client);
+    let _ = connection.await;
+    ensure_database(url, name).await
+}
+
 fn is_plain_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     let first_ok = chars

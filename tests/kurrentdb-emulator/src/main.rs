@@ -20,7 +20,7 @@ struct Args {
 
     /// JSON seed files to append before serving, in order. With a data
     /// directory they are appended only when it holds nothing yet.
-    #[arg(long = "seed", value_name = "FILE")]
+    #[arg(long = "seed", value_name = "FILE", num_args = 1..)]
     seeds: Vec<PathBuf>,
 
     /// Keep the database in this directory across restarts (created if
