@@ -152,13 +152,7 @@ pub async fn check_group(client: &Client, settings: &KurrentDbSettings) -> Resul
             &Default::default(),
         )
         .await
-        .map_err(|e| match e {
-            kurrentdb::Error::ResourceNotFound => SourceError::GroupMissing {
-                stream: settings.stream.clone(),
-                group: settings.group.clone(),
-            },
-            other => classify(other),
-        })?;
+        .map_err(|e| classify_for_group(e, settings))?;
     let resolves = info.settings.is_some_and(|s| s.resolve_link_tos);
     let links = settings.stream.starts_with("$ce-") || settings.stream.starts_with("$et-");
     match links && !resolves && settings.resolve_links {
@@ -180,13 +174,7 @@ pub async fn subscribe(
     client
         .subscribe_to_persistent_subscription(settings.stream.as_str(), &settings.group, &options)
         .await
-        .map_err(|e| match e {
-            kurrentdb::Error::ResourceNotFound => SourceError::GroupMissing {
-                stream: settings.stream.clone(),
-                group: settings.group.clone(),
-            },
-            other => classify(other),
-        })
+        .map_err(|e| classify_for_group(e, settings))
 }
 
 /// Asks the server to deliver the group's parked events again.
@@ -214,13 +202,7 @@ pub async fn group_info(
     client
         .get_persistent_subscription_info(&settings.stream, &settings.group, &options)
         .await
-        .map_err(|e| match e {
-            kurrentdb::Error::ResourceNotFound => SourceError::GroupMissing {
-                stream: settings.stream.clone(),
-                group: settings.group.clone(),
-            },
-            other => classify(other),
-        })
+        .map_err(|e| classify_for_group(e, settings))
 }
 
 /// The number of events in `stream` (its last revision + 1; 0 when it does
@@ -289,6 +271,18 @@ pub async fn append_after(
         .await
         .map(|_| ())
         .map_err(classify)
+}
+
+/// As [`classify`], for calls on the configured group: "not found" means
+/// the group is missing.
+fn classify_for_group(error: kurrentdb::Error, settings: &KurrentDbSettings) -> SourceError {
+    match error {
+        kurrentdb::Error::ResourceNotFound => SourceError::GroupMissing {
+            stream: settings.stream.clone(),
+            group: settings.group.clone(),
+        },
+        other => classify(other),
+    }
 }
 
 fn classify(error: kurrentdb::Error) -> SourceError {

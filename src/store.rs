@@ -471,9 +471,7 @@ pub async fn ensure_database(url: &str, name: &str) -> Result<String, StoreError
     if !is_plain_identifier(name) {
         return Err(StoreError::InvalidDatabaseName(name.to_owned()));
     }
-    let config: tokio_postgres::Config = url.parse().map_err(StoreError::Config)?;
-    let (client, connection) = config.connect(NoTls).await?;
-    let connection = tokio::spawn(connection);
+    let (client, connection) = admin_connection(url).await?;
 
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
@@ -502,14 +500,24 @@ pub async fn recreate_database(url: &str, name: &str) -> Result<String, StoreErr
     if !is_plain_identifier(name) {
         return Err(StoreError::InvalidDatabaseName(name.to_owned()));
     }
-    let config: tokio_postgres::Config = url.parse().map_err(StoreError::Config)?;
-    let (client, connection) = config.connect(NoTls).await?;
-    let connection = tokio::spawn(connection);
+    let (client, connection) = admin_connection(url).await?;
     let drop_sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
     client.batch_execute(&drop_sql).await?;
     drop(client);
     let _ = connection.await;
     ensure_database(url, name).await
+}
+
+/// A plain connection for database administration, with its driver task.
+async fn admin_connection(
+    url: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
+    let config: tokio_postgres::Config = url.parse().map_err(StoreError::Config)?;
+    let (client, connection) = config.connect(NoTls).await?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, driver))
 }
 
 fn is_plain_identifier(name: &str) -> bool {

@@ -8,68 +8,10 @@ use outbox_relay::order::{decode, DecodeLimits, Order, JSON_CONTENT_TYPE};
 use outbox_relay::store::{DeadLetter, EventSource, Store, StoreError, WriteOutcome};
 use rust_decimal::Decimal;
 use serde_json::json;
-use test_db::TestDb;
+use support::TestDb;
 use uuid::Uuid;
 
-/// A database per test, dropped (best effort) when the value is.
-mod test_db {
-    use tokio_postgres::{Client, NoTls};
-
-    const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-    pub struct TestDb {
-        pub name: String,
-        pub url: String,
-    }
-
-    impl TestDb {
-        pub async fn create() -> TestDb {
-            let name = format!("outbox_test_{}", uuid::Uuid::new_v4().simple());
-            let url = outbox_relay::store::ensure_database(ADMIN_URL, &name)
-                .await
-                .expect("PostgreSQL on 127.0.0.1:5432");
-            TestDb { name, url }
-        }
-
-        pub async fn client(&self) -> Client {
-            let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
-            tokio::spawn(connection);
-            client
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-            // Drop cannot await, so the cleanup gets a thread of its own.
-            let cleanup = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    if let Ok((client, conn)) = tokio_postgres::connect(ADMIN_URL, NoTls).await {
-                        tokio::spawn(conn);
-                        let _ = client.batch_execute(&sql).await;
-                    }
-                });
-            });
-            let _ = cleanup.join();
-        }
-    }
-
-    /// The tutorial's seed files, sorted.
-    pub fn tutorial_seed_files() -> Vec<std::path::PathBuf> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/tutorial-seed");
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        files.sort();
-        files
-    }
-}
+mod support;
 
 /// A decoded order with the given id, total driven by `price`.
 fn order(id: &str, price: &str) -> Order {
@@ -432,7 +374,7 @@ async fn tutorial_orders_are_stored_once() {
     let db = TestDb::create().await;
     let store = migrated_store(&db).await;
     let mut orders = Vec::new();
-    for file in test_db::tutorial_seed_files() {
+    for file in support::tutorial_seed_files() {
         let streams: serde_json::Value =
             serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
         for s in streams.as_array().unwrap() {
