@@ -451,3 +451,31 @@ async fn subscription_ending_without_an_error_is_survived() {
     assert!(wait_for_orders(&db, 40, 20).await);
     relay.stop().await.unwrap();
 }
+
+/// Credentials the server refuses stop the relay at once with a message
+/// naming the setting, instead of retrying for ever.
+#[tokio::test]
+async fn bad_credentials_stop_the_relay_at_once() {
+    let db = TestDb::create().await;
+    let users = [("admin".to_string(), "changeit".to_string())];
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let emulator = Server::start_with_users(addr, EventStore::new(), &users)
+        .await
+        .unwrap();
+    let wrong = format!("kurrentdb://admin:wrong@{}?tls=false", emulator.addr());
+    let started = Instant::now();
+    let relay = RunningRelay::start(settings(&wrong, &db));
+    let err = relay.finished().await.unwrap_err().to_string();
+    assert!(err.contains("refused access"), "{err}");
+    assert!(!err.contains("wrong"), "the password is not printed: {err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let right = format!("kurrentdb://admin:changeit@{}?tls=false", emulator.addr());
+    let relay = RunningRelay::start(settings(&right, &db));
+    append_orders(&emulator.store(), 0, 3);
+    assert!(
+        wait_for_orders(&db, 3, 20).await,
+        "the right credentials work"
+    );
+    relay.stop().await.unwrap();
+}

@@ -12,8 +12,9 @@
 //! - [`server`]: the HTTP/2 listener and its lifecycle;
 //! - [`seed`]: loading streams from JSON files.
 //!
-//! Known gaps (real-server behaviour not emulated): TLS, authentication
-//! and ACLs; catch-up subscriptions; batch append; idempotent appends;
+//! Known gaps (real-server behaviour not emulated): TLS and ACLs
+//! (authentication is Basic credentials from a fixed list only);
+//! catch-up subscriptions; batch append; idempotent appends;
 //! stream metadata set by clients is stored but not applied (only the
 //! `$maxCount`/`$tb` the emulator sets on its own streams take effect);
 //! filters on `$all` reads (groups apply theirs); projections beyond the

@@ -27,6 +27,18 @@ struct Args {
     /// missing); without it the database lives in memory only.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+
+    /// Require Basic credentials NAME:PASSWORD on every call (repeatable);
+    /// without it, no authentication.
+    #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = parse_user)]
+    users: Vec<(String, String)>,
+}
+
+fn parse_user(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((name, password)) if !name.is_empty() => Ok((name.to_string(), password.to_string())),
+        _ => Err("expected NAME:PASSWORD".into()),
+    }
 }
 
 #[tokio::main]
@@ -59,7 +71,7 @@ async fn main() -> ExitCode {
         }
     }
 
-    let server = match Server::start(args.listen, store).await {
+    let server = match Server::start_with_users(args.listen, store, &args.users).await {
         Ok(server) => server,
         Err(error) => {
             tracing::error!(%error, listen = %args.listen, "cannot listen");

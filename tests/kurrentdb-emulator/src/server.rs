@@ -66,6 +66,20 @@ impl Server {
     /// Groups already in the store reload from their checkpoints, as after
     /// a server restart.
     pub async fn start(addr: SocketAddr, store: Store) -> std::io::Result<Server> {
+        Self::start_with_users(addr, store, &[]).await
+    }
+
+    /// As [`Server::start`], but every call except the server-features
+    /// query must carry Basic credentials of one of `users` (name,
+    /// password), as on a secure server; others are refused with
+    /// `Unauthenticated`. No users means no authentication. There are no
+    /// ACLs: an authenticated user may do everything.
+    pub async fn start_with_users(
+        addr: SocketAddr,
+        store: Store,
+        users: &[(String, String)],
+    ) -> std::io::Result<Server> {
+        let credentials = Credentials::of(users);
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         {
@@ -81,7 +95,12 @@ impl Server {
             )))
             .prepare();
         let connections = SharedConnections::default();
-        let accept = tokio::spawn(accept_loop(listener, routes, connections.clone()));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            routes,
+            connections.clone(),
+            credentials,
+        ));
         let ticker = tokio::spawn(tick_loop(store.clone()));
         tracing::info!(%addr, "emulator listening");
         Ok(Server {
@@ -171,10 +190,21 @@ async fn close_all(connections: &SharedConnections) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, routes: Routes, connections: SharedConnections) {
+async fn accept_loop(
+    listener: TcpListener,
+    routes: Routes,
+    connections: SharedConnections,
+    credentials: Credentials,
+) {
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => serve(stream, peer, routes.clone(), &connections),
+            Ok((stream, peer)) => serve(
+                stream,
+                peer,
+                routes.clone(),
+                &connections,
+                credentials.clone(),
+            ),
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -184,13 +214,27 @@ async fn accept_loop(listener: TcpListener, routes: Routes, connections: SharedC
 }
 
 /// Serves one connection in its own task, registered so it can be closed.
-fn serve(stream: TcpStream, peer: SocketAddr, routes: Routes, connections: &SharedConnections) {
+fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    routes: Routes,
+    connections: &SharedConnections,
+    credentials: Credentials,
+) {
     let _ = stream.set_nodelay(true);
     tracing::info!(%peer, "connection opened");
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(Peer(peer));
+        let refused = !credentials.admit(&request);
         let mut routes = routes.clone();
-        async move { routes.call(request).await }
+        async move {
+            if refused {
+                tracing::info!(%peer, path = %request.uri().path(), "unauthenticated call refused");
+                let status = tonic::Status::unauthenticated("Bad username or password");
+                return Ok(status.into_http());
+            }
+            routes.call(request).await
+        }
     });
     let (close, closed) = oneshot::channel();
 
@@ -217,6 +261,34 @@ fn serve(stream: TcpStream, peer: SocketAddr, routes: Routes, connections: &Shar
         tracing::info!(%peer, "connection closed");
     });
     guard.open.insert(id, Connection { close, task });
+}
+
+/// The accepted `authorization` header values; empty when the server
+/// needs none.
+#[derive(Clone, Default)]
+struct Credentials(Arc<Vec<String>>);
+
+impl Credentials {
+    fn of(users: &[(String, String)]) -> Credentials {
+        use base64::Engine;
+        let encode = |(name, password): &(String, String)| {
+            let pair = format!("{name}:{password}");
+            let token = base64::engine::general_purpose::STANDARD.encode(pair);
+            format!("Basic {token}")
+        };
+        Credentials(Arc::new(users.iter().map(encode).collect()))
+    }
+
+    /// Whether a request may proceed. The server-features query is open to
+    /// everyone, as the client asks it before it authenticates anything.
+    fn admit<B>(&self, request: &hyper::Request<B>) -> bool {
+        if self.0.is_empty() || request.uri().path().contains("ServerFeatures") {
+            return true;
+        }
+        let header = request.headers().get("authorization");
+        let given = header.and_then(|h| h.to_str().ok()).unwrap_or("");
+        self.0.iter().any(|accepted| accepted == given)
+    }
 }
 
 async fn tick_loop(store: Store) {
