@@ -236,11 +236,7 @@ impl Handler {
                     events = pending.len(),
                     "database unavailable; handing events back for retry"
                 );
-                self.unavailable.store(true, Ordering::SeqCst);
-                let reason = format!("transient: {e}");
-                for p in &pending {
-                    settled.push(nack(&p.delivery, Nack::Retry, &reason));
-                }
+                self.hand_back(&pending, &format!("transient: {e}"), settled);
             }
             Err(e) if e.is_poison() && pending.len() > 1 => {
                 debug!(error = %e, "batch rejected; writing one by one");
@@ -263,12 +259,17 @@ impl Handler {
                     events = pending.len(),
                     "database refused the write; operator must act"
                 );
-                self.unavailable.store(true, Ordering::SeqCst);
-                let reason = format!("database error: {e}");
-                for p in &pending {
-                    settled.push(nack(&p.delivery, Nack::Retry, &reason));
-                }
+                self.hand_back(&pending, &format!("database error: {e}"), settled);
             }
+        }
+    }
+
+    /// PostgreSQL cannot take the batch: every event goes back to the server
+    /// for retry, and the relay is told to leave the group until it can.
+    fn hand_back(&self, pending: &[Pending], reason: &str, settled: &mut Vec<Settled>) {
+        self.unavailable.store(true, Ordering::SeqCst);
+        for p in pending {
+            settled.push(nack(&p.delivery, Nack::Retry, reason));
         }
     }
 
